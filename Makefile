@@ -1,0 +1,42 @@
+# Parley: the two commands are `make run` and `make test` (see README.md).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test venv lint typecheck pytest services bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: install and start the server on the embedded default (http://127.0.0.1:8000)
+run: $(STAMP)
+	$(BIN)/parley serve
+
+## test: install what the tests need, start MariaDB and Redis, run every check and test
+test: $(STAMP) services lint typecheck pytest
+
+services:
+	bash deploy/dev/services.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -p no:cacheprovider --cov --cov-report=term --cov-fail-under=85 -q
+
+bench: $(STAMP) services
+	$(BIN)/python benchmarks/redis_clients.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

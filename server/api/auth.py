@@ -1,0 +1,465 @@
+"""Auth and account routes: register, login, guest, upgrade, refresh, logout, sessions, me."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from typing import Any
+
+from quart import Blueprint, Response, g, request
+from sqlalchemy.engine import Connection
+
+from server.api.common import (
+    Principal,
+    client_ip,
+    deny_key,
+    parse_body,
+    require_principal,
+    services,
+)
+from server.api.schemas import (
+    Credentials,
+    GuestBody,
+    LogoutBody,
+    RefreshBody,
+    Registration,
+    session_json,
+    user_json,
+)
+from server.auth.tokens import hash_refresh_token, new_refresh_token
+from server.errors import ApiError
+from server.services import Services
+from store import sessions as sessions_repo
+from store import users as users_repo
+from store.audit import email_subject, record_event
+from store.cache import CacheUnavailable
+from store.db import utcnow
+from store.records import UserRecord
+from store.schema import refresh_history
+from store.schema import sessions as sessions_table
+
+__all__ = ["bp", "revoke_sessions"]
+
+bp = Blueprint("auth", __name__)
+REVOKE_CHANNEL = "parley:revoked"
+
+
+def _trace() -> str | None:
+    return g.get("trace_id")
+
+
+def _refresh_ttl(svc: Services, kind: str) -> dt.timedelta:
+    s = svc.settings
+    secs = s.guest_refresh_token_ttl_seconds if kind == "guest" else s.refresh_token_ttl_seconds
+    return dt.timedelta(seconds=secs)
+
+
+def _token_answer(
+    svc: Services, user: UserRecord, session_id: str, refresh: str, *, with_user: bool = True
+) -> dict[str, Any]:
+    access, _ = svc.keyring.issue(
+        user_id=user.id, session_id=session_id, kind=user.kind, role=user.role
+    )
+    body: dict[str, Any] = {
+        "accessToken": access,
+        "refreshToken": refresh,
+        "accessTokenExpiresIn": svc.keyring.ttl_seconds,
+    }
+    if with_user:
+        body["user"] = user_json(user)
+    return body
+
+
+async def revoke_sessions(svc: Services, session_ids: list[str]) -> None:
+    """Deny-list revoked sessions (every instance sees it) and tell live sockets to close."""
+    ttl = svc.settings.access_token_ttl_seconds + 5
+    try:
+        pipe = svc.cache.pipeline()
+        for sid in session_ids:
+            pipe.set(deny_key(sid), b"1", ttl=ttl)
+            pipe.publish(REVOKE_CHANNEL, sid)
+        await pipe.execute()
+    except CacheUnavailable:
+        # The database still says revoked; authenticate() falls back to it.
+        pass
+
+
+async def _rate_limit(svc: Services, key: str, limit: int, window: int, what: str) -> None:
+    try:
+        allowed, retry_after = await svc.cache.hit_rate(key, limit, window)
+    except CacheUnavailable:
+        return  # fail open on limits rather than lock everyone out; logged by the caller
+    if not allowed:
+        raise ApiError(
+            "RATE_LIMITED", f"too many {what}; retry later", retry_after=max(1.0, retry_after)
+        )
+
+
+async def _new_session(svc: Services, conn_user: UserRecord) -> tuple[str, str]:
+    refresh = new_refresh_token()
+    ua = request.headers.get("User-Agent")
+    ip = client_ip()
+
+    def work(conn: Connection) -> str:
+        sess = sessions_repo.create_session(
+            conn,
+            user_id=conn_user.id,
+            refresh_hash=hash_refresh_token(refresh),
+            ttl=_refresh_ttl(svc, conn_user.kind),
+            user_agent=ua,
+            ip=ip,
+        )
+        record_event(
+            conn,
+            action="login",
+            subject_id=conn_user.id,
+            actor_id=conn_user.id,
+            ip=ip,
+            trace_id=_trace(),
+            details={"sessionId": sess.id, "kind": conn_user.kind},
+        )
+        return sess.id
+
+    return await svc.db.tx(work), refresh
+
+
+@bp.post("/auth/register")
+async def register() -> tuple[dict[str, Any], int]:
+    svc = services()
+    body = await parse_body(Registration)
+    await _rate_limit(
+        svc,
+        f"rl:signup:{client_ip()}",
+        svc.settings.signups_per_ip_per_hour,
+        3600,
+        "sign-ups from this address",
+    )
+    pw_hash = await svc.passwords.hash(body.password)
+    ip = client_ip()
+
+    def work(conn: Connection) -> UserRecord:
+        user = users_repo.create_user(
+            conn,
+            kind="registered",
+            email=body.email,
+            password_hash=pw_hash,
+            display_name=body.displayName,
+        )
+        record_event(
+            conn, action="register", subject_id=user.id, actor_id=user.id, ip=ip, trace_id=_trace()
+        )
+        return user
+
+    try:
+        user = await svc.db.tx(work)
+    except users_repo.EmailTaken as exc:
+        raise ApiError("EMAIL_TAKEN", "an account with this email exists") from exc
+    sid, refresh = await _new_session(svc, user)
+    return _token_answer(svc, user, sid, refresh), 201
+
+
+@bp.post("/auth/guest")
+async def guest() -> tuple[dict[str, Any], int]:
+    svc = services()
+    body = await parse_body(GuestBody, optional=True)
+    await _rate_limit(
+        svc,
+        f"rl:signup:{client_ip()}",
+        svc.settings.signups_per_ip_per_hour,
+        3600,
+        "sign-ups from this address",
+    )
+    ip = client_ip()
+
+    def work(conn: Connection) -> UserRecord:
+        user = users_repo.create_user(conn, kind="guest", display_name=body.displayName)
+        record_event(
+            conn,
+            action="register",
+            subject_id=user.id,
+            actor_id=user.id,
+            ip=ip,
+            trace_id=_trace(),
+            details={"kind": "guest"},
+        )
+        return user
+
+    user = await svc.db.tx(work)
+    sid, refresh = await _new_session(svc, user)
+    return _token_answer(svc, user, sid, refresh), 201
+
+
+async def _login_counters_block(svc: Services, keys: list[tuple[str, int]]) -> None:
+    try:
+        values = await svc.cache.get_many([k for k, _ in keys])
+        for (key, limit), raw in zip(keys, values, strict=True):
+            if raw is not None and int(raw) >= limit:
+                ttl = await svc.cache.ttl(key)
+                raise ApiError(
+                    "RATE_LIMITED",
+                    "too many failed logins; retry later",
+                    retry_after=max(1.0, ttl or 1.0),
+                )
+    except CacheUnavailable:
+        return
+
+
+@bp.post("/auth/login")
+async def login() -> dict[str, Any]:
+    svc = services()
+    s = svc.settings
+    body = await parse_body(Credentials)
+    ip = client_ip()
+    acct_key = f"lf:acct:{email_subject(body.email)}"
+    ip_key = f"lf:ip:{ip}"
+    keys = [(acct_key, s.login_failures_per_account), (ip_key, s.login_failures_per_ip)]
+    await _login_counters_block(svc, keys)
+    user = await svc.db.read(lambda c: users_repo.get_user_by_email(c, body.email))
+    ok = await svc.passwords.verify(user.password_hash if user else None, body.password)
+    if not ok or user is None:
+        svc.metrics.login_failures.inc()
+        try:
+            await svc.cache.incr(acct_key, ttl=s.login_failure_window_seconds)
+            await svc.cache.incr(ip_key, ttl=s.login_failure_window_seconds)
+        except CacheUnavailable:
+            pass
+        subject = user.id if user else email_subject(body.email)
+        await svc.db.tx(
+            lambda c: record_event(
+                c, action="login_failure", subject_id=subject, ip=ip, trace_id=_trace()
+            )
+        )
+        raise ApiError("INVALID_CREDENTIALS", "wrong email or password")
+    with contextlib.suppress(CacheUnavailable):
+        await svc.cache.delete(acct_key)
+    sid, refresh = await _new_session(svc, user)
+    return _token_answer(svc, user, sid, refresh)
+
+
+@bp.post("/auth/upgrade")
+async def upgrade() -> dict[str, Any]:
+    svc = services()
+    principal = await require_principal()
+    body = await parse_body(Registration)
+    if principal.kind != "guest":
+        raise ApiError("CONFLICT", "only a guest account can be upgraded")
+    pw_hash = await svc.passwords.hash(body.password)
+    refresh = new_refresh_token()
+    ip = client_ip()
+
+    def work(conn: Connection) -> UserRecord:
+        user = users_repo.upgrade_guest(
+            conn,
+            principal.user_id,
+            email=body.email,
+            password_hash=pw_hash,
+            display_name=body.displayName,
+        )
+        if user is None:
+            raise ApiError("CONFLICT", "only a guest account can be upgraded")
+        sess = sessions_repo.get_session(conn, principal.session_id)
+        if sess is None or sess.revoked_at is not None:
+            raise ApiError("AUTH_INVALID", "session revoked")
+        # A registered user's session lives 30 days: rotate its refresh token now.
+        now = utcnow()
+        conn.execute(
+            refresh_history.insert().values(
+                token_hash=sess.refresh_hash, session_id=sess.id, user_id=user.id, rotated_at=now
+            )
+        )
+        conn.execute(
+            sessions_table.update()
+            .where(sessions_table.c.id == sess.id)
+            .values(
+                refresh_hash=hash_refresh_token(refresh),
+                rotation_counter=sessions_table.c.rotation_counter + 1,
+                expires_at=now + _refresh_ttl(svc, "registered"),
+                last_used_at=now,
+            )
+        )
+        record_event(
+            conn, action="upgrade", subject_id=user.id, actor_id=user.id, ip=ip, trace_id=_trace()
+        )
+        return user
+
+    try:
+        user = await svc.db.tx(work)
+    except users_repo.EmailTaken as exc:
+        raise ApiError("EMAIL_TAKEN", "an account with this email exists") from exc
+    return _token_answer(svc, user, principal.session_id, refresh)
+
+
+@bp.post("/auth/refresh")
+async def refresh() -> dict[str, Any]:
+    svc = services()
+    body = await parse_body(RefreshBody)
+    old_hash = hash_refresh_token(body.refreshToken)
+    new = new_refresh_token()
+    ip = client_ip()
+
+    def work(conn: Connection) -> tuple[sessions_repo.RefreshResult, UserRecord | None]:
+        current = conn.execute(
+            sessions_table.select().where(sessions_table.c.refresh_hash == old_hash)
+        ).first()
+        kind = "registered"
+        if current is not None:
+            owner = users_repo.get_user(conn, current.user_id)
+            if owner is None:
+                return sessions_repo.RefreshResult(sessions_repo.RefreshOutcome.INVALID), None
+            kind = owner.kind
+        result = sessions_repo.rotate_refresh(
+            conn, old_hash=old_hash, new_hash=hash_refresh_token(new), ttl=_refresh_ttl(svc, kind)
+        )
+        user = None
+        if result.outcome is sessions_repo.RefreshOutcome.REUSED and result.session:
+            record_event(
+                conn,
+                action="token_reuse",
+                subject_id=result.session.user_id,
+                ip=ip,
+                trace_id=_trace(),
+                details={"sessionId": result.session.id},
+            )
+        elif result.outcome is sessions_repo.RefreshOutcome.ROTATED and result.session:
+            user = users_repo.get_user(conn, result.session.user_id)
+        return result, user
+
+    result, user = await svc.db.tx(work)
+    if result.outcome is sessions_repo.RefreshOutcome.REUSED:
+        if result.session:
+            await revoke_sessions(svc, [result.session.id])
+        raise ApiError("TOKEN_REUSED", "refresh token already used; the session is revoked")
+    if result.outcome is not sessions_repo.RefreshOutcome.ROTATED or user is None:
+        raise ApiError("AUTH_INVALID", "refresh token invalid or expired")
+    assert result.session is not None
+    return _token_answer(svc, user, result.session.id, new)
+
+
+@bp.post("/auth/logout")
+async def logout() -> Response:
+    svc = services()
+    principal = await require_principal()
+    await parse_body(LogoutBody, optional=True)
+    ip = client_ip()
+
+    def work(conn: Connection) -> None:
+        sessions_repo.revoke_session(
+            conn, principal.session_id, reason="logout", user_id=principal.user_id
+        )
+        record_event(
+            conn,
+            action="logout",
+            subject_id=principal.user_id,
+            actor_id=principal.user_id,
+            ip=ip,
+            trace_id=_trace(),
+            details={"sessionId": principal.session_id},
+        )
+
+    await svc.db.tx(work)
+    await revoke_sessions(svc, [principal.session_id])
+    return Response(b"", status=204)
+
+
+@bp.post("/auth/logout-all")
+async def logout_all() -> Response:
+    svc = services()
+    principal = await require_principal()
+    await parse_body(LogoutBody, optional=True)
+    ip = client_ip()
+
+    def work(conn: Connection) -> list[str]:
+        ids = sessions_repo.revoke_all_sessions(conn, principal.user_id, reason="logout_all")
+        record_event(
+            conn,
+            action="logout",
+            subject_id=principal.user_id,
+            actor_id=principal.user_id,
+            ip=ip,
+            trace_id=_trace(),
+            details={"all": True, "sessions": len(ids)},
+        )
+        return ids
+
+    ids = await svc.db.tx(work)
+    await revoke_sessions(svc, sorted(set(ids) | {principal.session_id}))
+    return Response(b"", status=204)
+
+
+@bp.get("/sessions")
+async def list_sessions() -> dict[str, Any]:
+    svc = services()
+    principal = await require_principal()
+    rows = await svc.db.read(lambda c: sessions_repo.list_active_sessions(c, principal.user_id))
+    return {
+        "items": [session_json(s, current_sid=principal.session_id) for s in rows],
+        "nextCursor": None,
+    }
+
+
+@bp.delete("/sessions/<session_id>")
+async def delete_session(session_id: str) -> Response:
+    svc = services()
+    principal = await require_principal()
+    ip = client_ip()
+
+    def work(conn: Connection) -> bool:
+        ok = sessions_repo.revoke_session(
+            conn, session_id[:64], reason="revoked", user_id=principal.user_id
+        )
+        if ok:
+            record_event(
+                conn,
+                action="session_revoke",
+                subject_id=principal.user_id,
+                actor_id=principal.user_id,
+                ip=ip,
+                trace_id=_trace(),
+                details={"sessionId": session_id},
+            )
+        return ok
+
+    if not await svc.db.tx(work):
+        raise ApiError("NOT_FOUND", "no such session")
+    await revoke_sessions(svc, [session_id])
+    return Response(b"", status=204)
+
+
+async def current_user(principal: Principal) -> UserRecord:
+    svc = services()
+    user = await svc.db.read(lambda c: users_repo.get_user(c, principal.user_id))
+    if user is None:
+        raise ApiError("AUTH_INVALID", "account no longer exists")
+    return user
+
+
+@bp.get("/me")
+async def me() -> dict[str, Any]:
+    return user_json(await current_user(await require_principal()))
+
+
+@bp.delete("/me")
+async def delete_me() -> Response:
+    svc = services()
+    principal = await require_principal()
+    ip = client_ip()
+
+    def work(conn: Connection) -> list[str]:
+        from store.conversations import soft_delete_all_for_user
+
+        users_repo.soft_delete_user(conn, principal.user_id)
+        soft_delete_all_for_user(conn, principal.user_id)
+        ids = sessions_repo.revoke_all_sessions(conn, principal.user_id, reason="account_delete")
+        record_event(
+            conn,
+            action="account_delete",
+            subject_id=principal.user_id,
+            actor_id=principal.user_id,
+            ip=ip,
+            trace_id=_trace(),
+        )
+        return ids
+
+    ids = await svc.db.tx(work)
+    await revoke_sessions(svc, sorted(set(ids) | {principal.session_id}))
+    return Response(b"", status=204)

@@ -1,0 +1,124 @@
+"""REST request bodies (validated strictly) and response shapes (camelCase)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, EmailStr, StringConstraints, field_validator
+
+from store.records import ConversationRecord, MessageRecord, SessionRecord, UserRecord
+
+__all__ = [
+    "Credentials",
+    "LogoutBody",
+    "NewConversation",
+    "RefreshBody",
+    "Registration",
+    "RenameConversation",
+    "conversation_json",
+    "iso",
+    "message_json",
+    "session_json",
+    "user_json",
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=False)
+
+
+Email = Annotated[EmailStr, StringConstraints(max_length=254)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class _EmailLower(Strict):
+    @field_validator("email", mode="after", check_fields=False)
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+
+class Registration(_EmailLower):
+    email: Email
+    password: Password
+    displayName: DisplayName | None = None
+
+
+class Credentials(_EmailLower):
+    email: Annotated[str, StringConstraints(min_length=3, max_length=254)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class GuestBody(Strict):
+    displayName: DisplayName | None = None
+
+
+class RefreshBody(Strict):
+    refreshToken: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class LogoutBody(Strict):
+    refreshToken: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+
+
+class NewConversation(Strict):
+    title: Title | None = None
+
+
+class RenameConversation(Strict):
+    title: Title
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def user_json(u: UserRecord) -> dict[str, Any]:
+    return {
+        "id": u.id,
+        "email": u.email,
+        "kind": u.kind,
+        "role": u.role,
+        "displayName": u.display_name,
+        "createdAt": iso(u.created_at),
+    }
+
+
+def session_json(s: SessionRecord, *, current_sid: str | None) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "createdAt": iso(s.created_at),
+        "lastUsedAt": iso(s.last_used_at),
+        "expiresAt": iso(s.expires_at),
+        "userAgent": s.user_agent,
+        "ip": s.ip,
+        "current": s.id == current_sid,
+    }
+
+
+def conversation_json(c: ConversationRecord) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "title": c.title,
+        "createdAt": iso(c.created_at),
+        "updatedAt": iso(c.updated_at),
+        "lastSeq": c.last_seq,
+    }
+
+
+def message_json(m: MessageRecord) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "conversationId": m.conversation_id,
+        "seq": m.seq,
+        "role": m.role,
+        "content": m.content,
+        "status": m.status,
+        "finishReason": m.finish_reason,
+        "createdAt": iso(m.created_at),
+    }

@@ -1,0 +1,113 @@
+"""The app factory: Quart on trio, the REST blueprints, the request edge in one place."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import orjson
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from server.errors import REST_CODES, ApiError, error_body
+from server.logging import get_logger
+from server.services import Services
+
+__all__ = ["create_app"]
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_HTTP_CODES = {
+    400: "VALIDATION_FAILED",
+    401: "AUTH_INVALID",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "RATE_LIMITED",
+    503: "SERVICE_UNAVAILABLE",
+}
+log = get_logger("parley.http")
+
+
+def _trace_from_header(value: str | None) -> str | None:
+    """W3C ``traceparent``: keep the caller's trace id when well-formed and not all zeros."""
+    if not value:
+        return None
+    m = _TRACEPARENT.match(value.strip().lower())
+    if not m or m.group(1) == "0" * 32:
+        return None
+    return m.group(1)
+
+
+def create_app(svc: Services) -> QuartTrio:
+    app = QuartTrio("parley")
+    app.config["PARLEY_SERVICES"] = svc
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["JSON_SORT_KEYS"] = False
+
+    from server.api import auth, conversations, ops
+
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(auth.bp, url_prefix="/api/v1")
+    app.register_blueprint(conversations.bp, url_prefix="/api/v1")
+
+    @app.before_request
+    async def _edge_in() -> None:
+        g.request_id = secrets.token_hex(8)
+        g.trace_id = _trace_from_header(request.headers.get("traceparent")) or secrets.token_hex(16)
+
+    def _error(
+        code: str, message: str, status: int, *, retryable: bool, retry_after: float | None = None
+    ) -> Response:
+        body = error_body(code, message, retryable, g.get("trace_id") or secrets.token_hex(16))
+        resp = Response(orjson.dumps(body), status=status, content_type="application/json")
+        if retry_after is not None:
+            resp.headers["Retry-After"] = str(int(retry_after + 0.999))
+        return resp
+
+    @app.errorhandler(ApiError)
+    async def _api_error(exc: ApiError) -> Response:
+        svc.metrics.errors.labels(_class_of(exc.code), exc.code).inc()
+        return _error(
+            exc.code, exc.message, exc.status, retryable=exc.retryable, retry_after=exc.retry_after
+        )
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "SERVER_ERROR")
+        return _error(
+            code, exc.description or code, status, retryable=REST_CODES.get(code, (0, False))[1]
+        )
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        log.error("unhandled_error", path=request.path, traceId=g.get("trace_id"), exc_info=exc)
+        svc.metrics.errors.labels("SERVER", "SERVER_ERROR").inc()
+        return _error("SERVER_ERROR", "internal error", 500, retryable=True)
+
+    @app.after_request
+    async def _edge_out(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("request_id") or secrets.token_hex(8)
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        svc.metrics.http_requests.labels(rule, str(resp.status_code)).inc()
+        return resp
+
+    @app.after_serving
+    async def _close() -> None:
+        await svc.aclose()
+
+    return app
+
+
+def _class_of(code: str) -> str:
+    if code in ("VALIDATION_FAILED", "PAYLOAD_TOO_LARGE", "EMAIL_TAKEN", "CONFLICT"):
+        return "VALIDATION"
+    if code in ("AUTH_INVALID", "AUTH_EXPIRED", "INVALID_CREDENTIALS", "TOKEN_REUSED", "FORBIDDEN"):
+        return "AUTH"
+    if code == "RATE_LIMITED":
+        return "RLIMIT"
+    if code == "NOT_FOUND":
+        return "VALIDATION"
+    return "SERVER"

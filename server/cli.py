@@ -1,0 +1,97 @@
+"""``parley``: serve, migrate, admin grant, jobs run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from server.settings import Settings, SettingsError, load_settings
+
+__all__ = ["main"]
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"parley: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from store.migrate import current_revision, upgrade_to_head
+
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+    print(f"database at revision {current_revision(settings.database_url)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    settings = _settings(**overrides)
+    from server.serve import serve
+
+    return serve(settings)
+
+
+def cmd_admin_grant(args: argparse.Namespace) -> int:
+    import trio
+
+    from store import users
+    from store.db import Database
+
+    settings = _settings()
+    db = Database(settings.database_url, pool_size=1)
+    try:
+        ok = trio.run(db.tx, lambda c: users.set_role(c, args.email.strip().lower(), "admin"))
+    finally:
+        db.dispose()
+    if not ok:
+        print("parley: no user with that email", file=sys.stderr)
+        return 1
+    print("granted admin")
+    return 0
+
+
+def cmd_jobs_run(args: argparse.Namespace) -> int:
+    print(f"parley: job {args.name!r} is not implemented yet", file=sys.stderr)
+    return 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="parley", description="Parley chat server")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int)
+    s.set_defaults(func=cmd_serve)
+    m = sub.add_parser("migrate", help="bring the schema to the newest version")
+    m.set_defaults(func=cmd_migrate)
+    a = sub.add_parser("admin", help="administration")
+    asub = a.add_subparsers(dest="admin_command", required=True)
+    g = asub.add_parser("grant", help="give a user the admin role")
+    g.add_argument("email")
+    g.set_defaults(func=cmd_admin_grant)
+    j = sub.add_parser("jobs", help="scheduled jobs")
+    jsub = j.add_subparsers(dest="jobs_command", required=True)
+    r = jsub.add_parser("run", help="run one job once")
+    r.add_argument("name", choices=["retention", "backup", "restore-check"])
+    r.set_defaults(func=cmd_jobs_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Prometheus metrics (contract section 6). One registry per app, so tests can build many."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "parley_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.ws_connections = Gauge(
+            "parley_ws_connections", "Open WebSocket connections", registry=r
+        )
+        self.ws_frames = Counter(
+            "parley_ws_frames",
+            "WebSocket frames by direction and type",
+            ["direction", "type"],
+            registry=r,
+        )
+        self.ws_dropped = Counter(
+            "parley_ws_dropped",
+            "WebSocket connections dropped by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.turns = Counter("parley_turns", "Finished turns by status", ["status"], registry=r)
+        self.errors = Counter(
+            "parley_errors", "Errors by class and code", ["class", "code"], registry=r
+        )
+        self.dispatch_seconds = Histogram(
+            "parley_dispatch_seconds",
+            "chat.send received -> upstream request sent",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.relay_seconds = Histogram(
+            "parley_relay_seconds",
+            "upstream chunk received -> frame written",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.upstream_first_token_seconds = Histogram(
+            "parley_upstream_first_token_seconds",
+            "upstream request -> first token",
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.login_failures = Counter("parley_login_failures", "Failed logins", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,72 @@
+"""Run the server with Hypercorn's trio worker."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from server.logging import configure_logging, get_logger
+from server.settings import Settings
+
+__all__ = ["serve"]
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    cfg = Config()
+    cfg.bind = [f"{settings.host}:{settings.port}"]
+    cfg.worker_class = "trio"
+    cfg.accesslog = None
+    cfg.graceful_timeout = 5.0
+    cfg.websocket_ping_interval = 25.0
+    cfg.websocket_max_message_size = 64 * 1024
+    return cfg
+
+
+def serve(settings: Settings) -> int:
+    configure_logging(settings.log_level, json=settings.log_json)
+    log = get_logger("parley")
+    if settings.workers > 1 and not settings.redis_url:
+        print(
+            "parley: --workers > 1 needs PARLEY_REDIS_URL (the in-process cache is per process)",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.is_sqlite:
+        from store.migrate import upgrade_to_head
+
+        upgrade_to_head(settings.database_url)
+    if settings.workers > 1:
+        print(
+            "parley: multi-process serving is not available yet; use --workers 1", file=sys.stderr
+        )
+        return 2
+
+    from server.app import create_app
+    from server.services import build_services
+
+    async def main() -> None:
+        svc = build_services(settings)
+        app = create_app(svc)
+        cfg = hypercorn_config(settings)
+        stop = trio.Event()
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    log.info("shutdown_requested")
+                    svc.draining.set()
+                    stop.set()
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals)
+            log.info("serving", bind=cfg.bind)
+            await hypercorn_serve(app, cfg, shutdown_trigger=stop.wait)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return 0

@@ -1,0 +1,42 @@
+"""What a running server holds: settings, database, cache engine, keys, metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from server.auth.passwords import PasswordService
+from server.auth.tokens import KeyRing
+from server.metrics import Metrics
+from server.settings import Settings
+from store.cache import CacheEngine, create_cache_engine
+from store.db import Database
+
+__all__ = ["Services", "build_services"]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    cache: CacheEngine
+    keyring: KeyRing
+    passwords: PasswordService
+    metrics: Metrics
+    draining: trio.Event = field(default_factory=trio.Event)
+
+    async def aclose(self) -> None:
+        await self.cache.aclose()
+        self.db.dispose()
+
+
+def build_services(settings: Settings, *, passwords: PasswordService | None = None) -> Services:
+    return Services(
+        settings=settings,
+        db=Database(settings.database_url, pool_size=settings.db_pool_size),
+        cache=create_cache_engine(settings.redis_url or None),
+        keyring=KeyRing(settings.jwt_key_ring(), ttl_seconds=settings.access_token_ttl_seconds),
+        passwords=passwords or PasswordService(),
+        metrics=Metrics(),
+    )

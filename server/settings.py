@@ -1,0 +1,174 @@
+"""Every Parley setting, in one place (pydantic-settings, prefix ``PARLEY_``).
+
+Every secret setting also reads ``NAME_FILE``: a path whose content is the value.
+``PARLEY_ENV=production`` refuses to start without explicit JWT keys, a MySQL URL
+and a Redis URL (:func:`check_production`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["SECRET_SETTINGS", "Settings", "SettingsError", "check_production", "load_settings"]
+
+#: Settings whose value may come from ``PARLEY_<NAME>_FILE``.
+SECRET_SETTINGS = ("jwt_keys", "llm_api_key", "database_url", "redis_url")
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")
+
+    env: Literal["development", "production", "test"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    data_dir: Path = Path("./parley-data")
+
+    database_url: str = "sqlite:///./parley-data/parley.db"
+    db_pool_size: int = Field(10, ge=1, le=200)
+    redis_url: str = ""
+
+    llm_provider: Literal["simulated", "openai"] = "simulated"
+    llm_base_url: str = ""
+    llm_api_key: str = ""
+    llm_model: str = ""
+    llm_system_prompt: str = ""
+    sim_tokens_per_second: float = Field(30.0, gt=0, le=100_000)
+    sim_max_tokens: int = Field(200, ge=1, le=100_000)
+
+    jwt_keys: str = ""
+    access_token_ttl_seconds: int = Field(900, ge=10, le=86_400)
+    refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=60)
+    guest_refresh_token_ttl_seconds: int = Field(7 * 86_400, ge=60)
+    guest_inactivity_days: int = Field(7, ge=1)
+
+    allowed_origins: str = ""
+    trust_proxy_headers: bool = False
+
+    # Abuse limits (contract section 2).
+    login_failures_per_account: int = 5
+    login_failures_per_ip: int = 20
+    login_failure_window_seconds: int = 900
+    signups_per_ip_per_hour: int = 30
+    ws_upgrades_per_ip_per_hour: int = 600
+    chat_sends_per_user_per_minute: int = 20
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_scheme(cls, v: str) -> str:
+        if not (v.startswith("sqlite") or v.startswith("mysql")):
+            raise ValueError("must start with sqlite:// or mysql+pymysql://")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty or a redis:// URL")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: object) -> object:
+        """``PARLEY_X_FILE=/path`` supplies ``PARLEY_X`` from a file (secrets, rotation)."""
+        if not isinstance(data, dict):
+            return data
+        for name in SECRET_SETTINGS:
+            path = os.environ.get(f"PARLEY_{name.upper()}_FILE")
+            if path and not data.get(name) and not os.environ.get(f"PARLEY_{name.upper()}"):
+                try:
+                    data[name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ValueError(
+                        f"PARLEY_{name.upper()}_FILE: cannot read {path}: {exc}"
+                    ) from exc
+        return data
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def origins(self) -> list[str]:
+        if self.allowed_origins.strip():
+            return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+        own = {f"http://{self.host}:{self.port}"}
+        if self.host in ("127.0.0.1", "0.0.0.0", "::"):
+            own |= {f"http://localhost:{self.port}", f"http://127.0.0.1:{self.port}"}
+        return sorted(own)
+
+    def jwt_key_ring(self) -> list[tuple[str, str]]:
+        """``kid:secret,kid:secret`` newest first; development makes and keeps one key."""
+        raw = self.jwt_keys.strip()
+        if not raw:
+            if self.env == "production":
+                raise SettingsError("PARLEY_JWT_KEYS (or PARLEY_JWT_KEYS_FILE) is required")
+            return [self._dev_key()]
+        ring: list[tuple[str, str]] = []
+        for part in raw.split(","):
+            kid, sep, secret = part.strip().partition(":")
+            if not sep or not kid or len(secret) < 32:
+                raise SettingsError(
+                    "PARLEY_JWT_KEYS: each entry must be kid:secret with a secret of 32+ characters"
+                )
+            ring.append((kid, secret))
+        if len({k for k, _ in ring}) != len(ring):
+            raise SettingsError("PARLEY_JWT_KEYS: key ids must be unique")
+        return ring
+
+    def _dev_key(self) -> tuple[str, str]:
+        path = self.data_dir / "jwt-dev-key"
+        if path.exists():
+            kid, _, secret = path.read_text().strip().partition(":")
+            if kid and len(secret) >= 32:
+                return kid, secret
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        kid, secret = f"dev-{secrets.token_hex(4)}", secrets.token_urlsafe(48)
+        path.write_text(f"{kid}:{secret}\n")
+        path.chmod(0o600)
+        return kid, secret
+
+
+def check_production(settings: Settings) -> None:
+    """Raise :class:`SettingsError` naming every missing production setting."""
+    if settings.env != "production":
+        return
+    missing = []
+    if not settings.jwt_keys.strip():
+        missing.append("PARLEY_JWT_KEYS (or PARLEY_JWT_KEYS_FILE)")
+    if not settings.database_url.startswith("mysql"):
+        missing.append("PARLEY_DATABASE_URL (a mysql+pymysql:// URL)")
+    if not settings.redis_url:
+        missing.append("PARLEY_REDIS_URL")
+    if missing:
+        raise SettingsError("production needs: " + ", ".join(missing))
+    settings.jwt_key_ring()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; raise :class:`SettingsError` with a clear message."""
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "PARLEY_" + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"{name}: {err['msg']}")
+        raise SettingsError("; ".join(lines) or str(exc)) from exc
+    check_production(settings)
+    return settings

@@ -1,0 +1,115 @@
+"""The database handle: a SQLAlchemy engine whose blocking calls run in threads.
+
+Every call from trio goes through :meth:`Database.run`, i.e.
+``trio.to_thread.run_sync`` with a :class:`trio.CapacityLimiter` sized to the
+connection pool, so no more threads wait on the pool than it can serve.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import trio
+from sqlalchemy.engine import Connection, Engine
+
+__all__ = ["Database", "create_db_engine", "utcnow"]
+
+T = TypeVar("T")
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now, the form every ``Time`` column holds."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Writers take the lock at BEGIN (no deadlock-prone lock upgrades); reads stay deferred.
+    read = conn.get_execution_options().get("parley_read", False)
+    conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+
+
+def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine for ``sqlite:///path`` or ``mysql+pymysql://...``."""
+    if url.startswith("sqlite"):
+        db_path = sa.engine.make_url(url).database
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 10},
+            pool_size=pool_size,
+            max_overflow=0,
+        )
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling defers BEGIN; make writes take the lock at once
+        sa.event.listen(engine, "begin", _sqlite_begin)
+
+        @sa.event.listens_for(engine, "connect")
+        def _no_autobegin(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+
+        return engine
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "charset": "utf8mb4",
+            "connect_timeout": 5,
+            "read_timeout": 30,
+            "write_timeout": 30,
+        },
+    )
+
+
+class Database:
+    """Run blocking SQL from trio, bounded by the pool size."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine = create_db_engine(url, pool_size=pool_size)
+        self.limiter = trio.CapacityLimiter(pool_size)
+        self.is_sqlite = url.startswith("sqlite")
+
+    async def tx(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(conn)`` in one transaction, in a worker thread."""
+
+        def work() -> T:
+            with self.engine.begin() as conn:
+                return fn(conn)
+
+        return await trio.to_thread.run_sync(work, limiter=self.limiter)
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(conn)`` outside an explicit write transaction (reads)."""
+
+        def work() -> T:
+            with self.engine.connect().execution_options(parley_read=True) as conn:
+                return fn(conn)
+
+        return await trio.to_thread.run_sync(work, limiter=self.limiter)
+
+    async def ping(self) -> bool:
+        try:
+            await self.read(lambda c: c.execute(sa.text("SELECT 1")).scalar())
+        except Exception:
+            return False
+        return True
+
+    def dispose(self) -> None:
+        self.engine.dispose()

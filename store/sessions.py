@@ -1,0 +1,161 @@
+"""Sessions repository: one row per login; refresh tokens stored only as hashes.
+
+Rotation is a compare-and-swap on ``refresh_hash``; the old hash moves to
+``refresh_history`` so that presenting it again is recognised as reuse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from store.db import utcnow
+from store.records import SessionRecord
+from store.schema import refresh_history, sessions
+
+__all__ = [
+    "RefreshOutcome",
+    "RefreshResult",
+    "create_session",
+    "get_session",
+    "list_active_sessions",
+    "revoke_all_sessions",
+    "revoke_session",
+    "rotate_refresh",
+]
+
+
+def create_session(
+    conn: Connection,
+    *,
+    user_id: str,
+    refresh_hash: str,
+    ttl: dt.timedelta,
+    user_agent: str | None,
+    ip: str | None,
+) -> SessionRecord:
+    now = utcnow()
+    sid = str(uuid.uuid4())
+    conn.execute(
+        sessions.insert().values(
+            id=sid,
+            user_id=user_id,
+            refresh_hash=refresh_hash,
+            rotation_counter=0,
+            created_at=now,
+            last_used_at=now,
+            expires_at=now + ttl,
+            user_agent=(user_agent or "")[:255] or None,
+            ip=ip,
+        )
+    )
+    rec = get_session(conn, sid)
+    assert rec is not None
+    return rec
+
+
+def get_session(conn: Connection, session_id: str) -> SessionRecord | None:
+    row = conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
+    return SessionRecord.from_row(row) if row else None
+
+
+def list_active_sessions(conn: Connection, user_id: str) -> list[SessionRecord]:
+    rows = conn.execute(
+        sa.select(sessions)
+        .where(
+            sessions.c.user_id == user_id,
+            sessions.c.revoked_at.is_(None),
+            sessions.c.expires_at > utcnow(),
+        )
+        .order_by(sessions.c.last_used_at.desc(), sessions.c.id)
+    )
+    return [SessionRecord.from_row(r) for r in rows]
+
+
+def revoke_session(
+    conn: Connection, session_id: str, *, reason: str, user_id: str | None = None
+) -> bool:
+    """Revoke one session (optionally only if ``user_id`` owns it). True if it changed."""
+    q = sessions.update().where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
+    if user_id is not None:
+        q = q.where(sessions.c.user_id == user_id)
+    return conn.execute(q.values(revoked_at=utcnow(), revoked_reason=reason)).rowcount == 1
+
+
+def revoke_all_sessions(conn: Connection, user_id: str, *, reason: str) -> list[str]:
+    """Revoke every live session of a user; returns the ids revoked."""
+    ids = [
+        r[0]
+        for r in conn.execute(
+            sa.select(sessions.c.id).where(
+                sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)
+            )
+        )
+    ]
+    if ids:
+        conn.execute(
+            sessions.update()
+            .where(sessions.c.id.in_(ids), sessions.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+    return ids
+
+
+class RefreshOutcome(enum.Enum):
+    ROTATED = "rotated"
+    REUSED = "reused"  # a rotated-away token came back: the session is now revoked
+    INVALID = "invalid"  # unknown token, or its session revoked/expired
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    outcome: RefreshOutcome
+    session: SessionRecord | None = None
+
+
+def rotate_refresh(
+    conn: Connection, *, old_hash: str, new_hash: str, ttl: dt.timedelta
+) -> RefreshResult:
+    """Swap the session's refresh hash; detect reuse of an already rotated token."""
+    now = utcnow()
+    row = conn.execute(sa.select(sessions).where(sessions.c.refresh_hash == old_hash)).first()
+    if row is None:
+        hist = conn.execute(
+            sa.select(refresh_history.c.session_id).where(refresh_history.c.token_hash == old_hash)
+        ).first()
+        if hist is None:
+            return RefreshResult(RefreshOutcome.INVALID)
+        revoke_session(conn, hist[0], reason="token_reuse")
+        return RefreshResult(RefreshOutcome.REUSED, get_session(conn, hist[0]))
+    sess = SessionRecord.from_row(row)
+    if sess.revoked_at is not None or sess.expires_at <= now:
+        return RefreshResult(RefreshOutcome.INVALID, sess)
+    res = conn.execute(
+        sessions.update()
+        .where(
+            sessions.c.id == sess.id,
+            sessions.c.refresh_hash == old_hash,
+            sessions.c.revoked_at.is_(None),
+        )
+        .values(
+            refresh_hash=new_hash,
+            rotation_counter=sessions.c.rotation_counter + 1,
+            last_used_at=now,
+            expires_at=now + ttl,
+        )
+    )
+    if res.rowcount != 1:
+        # Lost a race with a concurrent refresh of the same token: that is reuse too.
+        revoke_session(conn, sess.id, reason="token_reuse")
+        return RefreshResult(RefreshOutcome.REUSED, get_session(conn, sess.id))
+    conn.execute(
+        refresh_history.insert().values(
+            token_hash=old_hash, session_id=sess.id, user_id=sess.user_id, rotated_at=now
+        )
+    )
+    return RefreshResult(RefreshOutcome.ROTATED, get_session(conn, sess.id))

@@ -1,0 +1,117 @@
+"""Users repository: registered and guest users are rows of one table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from store.db import utcnow
+from store.records import UserRecord
+from store.schema import users
+
+__all__ = [
+    "EmailTaken",
+    "create_user",
+    "get_user",
+    "get_user_by_email",
+    "set_role",
+    "soft_delete_user",
+    "touch_user",
+    "upgrade_guest",
+]
+
+
+class EmailTaken(Exception):
+    """The email already belongs to another user."""
+
+
+def create_user(
+    conn: Connection,
+    *,
+    kind: str,
+    email: str | None = None,
+    password_hash: str | None = None,
+    display_name: str | None = None,
+    role: str = "user",
+) -> UserRecord:
+    now = utcnow()
+    uid = str(uuid.uuid4())
+    try:
+        conn.execute(
+            users.insert().values(
+                id=uid,
+                kind=kind,
+                role=role,
+                email=email,
+                password_hash=password_hash,
+                display_name=display_name,
+                created_at=now,
+                last_active_at=now,
+            )
+        )
+    except sa.exc.IntegrityError as exc:
+        raise EmailTaken(email) from exc
+    user = get_user(conn, uid)
+    assert user is not None
+    return user
+
+
+def get_user(conn: Connection, user_id: str, *, include_deleted: bool = False) -> UserRecord | None:
+    q = sa.select(users).where(users.c.id == user_id)
+    if not include_deleted:
+        q = q.where(users.c.deleted_at.is_(None))
+    row = conn.execute(q).first()
+    return UserRecord.from_row(row) if row else None
+
+
+def get_user_by_email(conn: Connection, email: str) -> UserRecord | None:
+    row = conn.execute(
+        sa.select(users).where(users.c.email == email, users.c.deleted_at.is_(None))
+    ).first()
+    return UserRecord.from_row(row) if row else None
+
+
+def upgrade_guest(
+    conn: Connection, user_id: str, *, email: str, password_hash: str, display_name: str | None
+) -> UserRecord | None:
+    """Guest -> registered in place (same id). None if the user is not a live guest."""
+    try:
+        res = conn.execute(
+            users.update()
+            .where(users.c.id == user_id, users.c.kind == "guest", users.c.deleted_at.is_(None))
+            .values(
+                kind="registered",
+                email=email,
+                password_hash=password_hash,
+                display_name=display_name,
+                last_active_at=utcnow(),
+            )
+        )
+    except sa.exc.IntegrityError as exc:
+        raise EmailTaken(email) from exc
+    if res.rowcount != 1:
+        return None
+    return get_user(conn, user_id)
+
+
+def touch_user(conn: Connection, user_id: str, *, now: dt.datetime | None = None) -> None:
+    conn.execute(users.update().where(users.c.id == user_id).values(last_active_at=now or utcnow()))
+
+
+def set_role(conn: Connection, email: str, role: str) -> bool:
+    res = conn.execute(
+        users.update().where(users.c.email == email, users.c.deleted_at.is_(None)).values(role=role)
+    )
+    return res.rowcount == 1
+
+
+def soft_delete_user(conn: Connection, user_id: str) -> None:
+    """Mark deleted and free the email at once; the retention job purges the rows later."""
+    conn.execute(
+        users.update()
+        .where(users.c.id == user_id, users.c.deleted_at.is_(None))
+        .values(deleted_at=utcnow(), email=None, password_hash=None)
+    )

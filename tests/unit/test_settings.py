@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.settings import Settings, SettingsError, load_settings
+
+KEY = "k1:" + "s" * 40
+
+
+def test_defaults_match_contract(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("PARLEY_DATABASE_URL", "PARLEY_REDIS_URL", "PARLEY_ENV", "PARLEY_JWT_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings(data_dir=tmp_path)
+    assert s.database_url == "sqlite:///./parley-data/parley.db"
+    assert s.redis_url == "" and s.llm_provider == "simulated"
+    assert s.sim_tokens_per_second == 30 and s.sim_max_tokens == 200
+    assert s.access_token_ttl_seconds == 900 and s.env == "development"
+    assert s.host == "127.0.0.1" and s.port == 8000
+    assert "http://127.0.0.1:8000" in s.origins and "http://localhost:8000" in s.origins
+
+
+def test_dev_key_is_made_once_and_kept(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, jwt_keys="")
+    ring = s.jwt_key_ring()
+    assert ring == Settings(data_dir=tmp_path, jwt_keys="").jwt_key_ring()
+    assert len(ring) == 1 and len(ring[0][1]) >= 32
+    assert (tmp_path / "jwt-dev-key").stat().st_mode & 0o077 == 0
+
+
+def test_key_ring_parsing() -> None:
+    s = Settings(jwt_keys=f"new:{'n' * 32}, old:{'o' * 40}")
+    assert s.jwt_key_ring() == [("new", "n" * 32), ("old", "o" * 40)]
+    for bad in ("nokid", "k:short", f"a:{'x' * 32},a:{'y' * 32}"):
+        with pytest.raises(SettingsError):
+            Settings(jwt_keys=bad).jwt_key_ring()
+
+
+def test_secret_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    f = tmp_path / "keys"
+    f.write_text(KEY + "\n")
+    monkeypatch.delenv("PARLEY_JWT_KEYS", raising=False)
+    monkeypatch.setenv("PARLEY_JWT_KEYS_FILE", str(f))
+    monkeypatch.setenv("PARLEY_LLM_API_KEY_FILE", str(f))
+    s = load_settings()
+    assert s.jwt_keys == KEY and s.llm_api_key == KEY
+    monkeypatch.setenv("PARLEY_JWT_KEYS_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match="PARLEY_JWT_KEYS_FILE"):
+        load_settings()
+
+
+def test_production_refuses_without_explicit_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "PARLEY_DATABASE_URL",
+        "PARLEY_REDIS_URL",
+        "PARLEY_JWT_KEYS",
+        "PARLEY_JWT_KEYS_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PARLEY_ENV", "production")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    msg = str(err.value)
+    assert "PARLEY_JWT_KEYS" in msg and "PARLEY_DATABASE_URL" in msg and "PARLEY_REDIS_URL" in msg
+    monkeypatch.setenv("PARLEY_JWT_KEYS", KEY)
+    monkeypatch.setenv("PARLEY_DATABASE_URL", "mysql+pymysql://u:p@db:3306/parley")
+    monkeypatch.setenv("PARLEY_REDIS_URL", "redis://cache:6379/0")
+    assert load_settings().env == "production"
+
+
+def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_DATABASE_URL", "postgres://x")
+    with pytest.raises(SettingsError, match="PARLEY_DATABASE_URL"):
+        load_settings()
+    monkeypatch.delenv("PARLEY_DATABASE_URL")
+    monkeypatch.setenv("PARLEY_LLM_PROVIDER", "magic")
+    with pytest.raises(SettingsError, match="PARLEY_LLM_PROVIDER"):
+        load_settings()
+
+
+def test_cli_exits_2_on_bad_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.cli import main
+
+    monkeypatch.setenv("PARLEY_ENV", "production")
+    monkeypatch.delenv("PARLEY_JWT_KEYS", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["migrate"])
+    assert exc.value.code == 2
