@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Any
 
 import orjson
-from quart import Response, g, request
+import trio
+from quart import Response, g, has_websocket_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from server.errors import REST_CODES, ApiError, error_body
+from server.llm import create_provider
+from server.llm.resilience import ResilientUpstream, UpstreamPolicy
 from server.logging import get_logger
 from server.services import Services
+from server.turns import TurnManager
+from server.ws import heartbeat
+from server.ws.connection import WsConfig, handle_websocket
+from server.ws.hub import Hub
+from store.messages import interrupt_streaming
 
 __all__ = ["create_app"]
 
@@ -40,7 +49,34 @@ def _trace_from_header(value: str | None) -> str | None:
     return m.group(1)
 
 
-def create_app(svc: Services) -> QuartTrio:
+def build_upstream(svc: Services) -> ResilientUpstream:
+    """The one upstream of this process, wrapped in timeouts, retries and the breaker."""
+    s = svc.settings
+    provider = create_provider(
+        s.llm_provider,
+        base_url=s.llm_base_url or None,
+        api_key=s.llm_api_key or None,
+        model=s.llm_model or None,
+        sim_tokens_per_second=s.sim_tokens_per_second,
+        sim_max_tokens=s.sim_max_tokens,
+        sim_faults=s.sim_faults,
+    )
+    policy = UpstreamPolicy(
+        first_token_timeout=s.upstream_first_token_timeout,
+        gap_timeout=s.upstream_gap_timeout,
+        total_timeout=s.upstream_total_timeout,
+        max_retries=s.upstream_max_retries,
+        breaker_threshold=s.upstream_breaker_threshold,
+        breaker_cooldown=s.upstream_breaker_cooldown,
+    )
+    first_token = svc.metrics.upstream_first_token_seconds
+    return ResilientUpstream(provider, policy, on_first_token=first_token.observe)
+
+
+def create_app(
+    svc: Services, *, upstream: ResilientUpstream | None = None, ws_config: WsConfig | None = None
+) -> QuartTrio:
+    heartbeat.install()
     app = QuartTrio("parley")
     app.config["PARLEY_SERVICES"] = svc
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
@@ -83,6 +119,9 @@ def create_app(svc: Services) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
+        if has_websocket_context():
+            log.error("unhandled_ws_error", exc_info=exc)
+            raise exc
         log.error("unhandled_error", path=request.path, traceId=g.get("trace_id"), exc_info=exc)
         svc.metrics.errors.labels("SERVER", "SERVER_ERROR").inc()
         return _error("SERVER_ERROR", "internal error", 500, retryable=True)
@@ -94,11 +133,47 @@ def create_app(svc: Services) -> QuartTrio:
         svc.metrics.http_requests.labels(rule, str(resp.status_code)).inc()
         return resp
 
+    upstream = upstream or build_upstream(svc)
+    turns = TurnManager(svc, upstream)
+    hub = Hub()
+    ws_cfg = ws_config or WsConfig()
+    app.config["PARLEY_TURNS"] = turns
+    app.config["PARLEY_HUB"] = hub
+    background = trio.CancelScope()
+
+    @app.websocket("/ws")
+    async def _ws() -> None:
+        await handle_websocket(svc, hub, turns, ws_cfg)
+
+    async def _background() -> None:
+        with background:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(turns.run)
+                nursery.start_soon(hub.watch_revocations, svc.cache)
+
+    @app.before_serving
+    async def _start() -> None:
+        if svc.settings.single_instance:
+            # No other instance can own a streaming turn: any left are from a dead process.
+            n = await svc.db.tx(interrupt_streaming)
+            if n:
+                log.warning("interrupted_leftover_turns", count=n)
+        await app.nursery.start(_run_background, _background)
+
     @app.after_serving
     async def _close() -> None:
+        background.cancel()
+        await upstream.aclose()
         await svc.aclose()
 
     return app
+
+
+async def _run_background(
+    fn: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    task_status.started()
+    await fn()
 
 
 def _class_of(code: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 
 import trio
@@ -11,13 +12,19 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from server.logging import configure_logging, get_logger
 from server.settings import Settings
+from server.ws.listener import make_listen_socket
 
 __all__ = ["serve"]
 
 
-def hypercorn_config(settings: Settings) -> Config:
+def hypercorn_config(settings: Settings, sock: socket.socket | None = None) -> Config:
+    """Hypercorn settings; a given listening socket is handed over (Hypercorn closes it)."""
     cfg = Config()
-    cfg.bind = [f"{settings.host}:{settings.port}"]
+    # detach(): Hypercorn makes its own socket object from the fd and closes it; ours must
+    # not close the same number again later (it may belong to a database connection by then)
+    cfg.bind = (
+        [f"fd://{sock.detach()}"] if sock is not None else [f"{settings.host}:{settings.port}"]
+    )
     cfg.worker_class = "trio"
     cfg.accesslog = None
     cfg.graceful_timeout = 5.0
@@ -51,7 +58,9 @@ def serve(settings: Settings) -> int:
     async def main() -> None:
         svc = build_services(settings)
         app = create_app(svc)
-        cfg = hypercorn_config(settings)
+        sock = make_listen_socket(settings.host, settings.port)
+        port = sock.getsockname()[1]
+        cfg = hypercorn_config(settings, sock)
         stop = trio.Event()
 
         async def watch_signals() -> None:
@@ -64,7 +73,7 @@ def serve(settings: Settings) -> int:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
-            log.info("serving", bind=cfg.bind)
+            log.info("serving", address=f"http://{settings.host}:{port}")
             await hypercorn_serve(app, cfg, shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel()
 

@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     llm_system_prompt: str = ""
     sim_tokens_per_second: float = Field(30.0, gt=0, le=100_000)
     sim_max_tokens: int = Field(200, ge=1, le=100_000)
+    # "[[sim:...]]" prefixes in a message inject faults (tests, demos); never in production
+    sim_fault_injection: bool = True
+
+    # Upstream resilience (contract section 4).
+    upstream_first_token_timeout: float = Field(20.0, gt=0)
+    upstream_gap_timeout: float = Field(30.0, gt=0)
+    upstream_total_timeout: float = Field(180.0, gt=0)
+    upstream_max_retries: int = Field(2, ge=0, le=10)
+    upstream_breaker_threshold: int = Field(5, ge=1)
+    upstream_breaker_cooldown: float = Field(30.0, gt=0)
 
     jwt_keys: str = ""
     access_token_ttl_seconds: int = Field(900, ge=10, le=86_400)
@@ -96,6 +106,15 @@ class Settings(BaseSettings):
                         f"PARLEY_{name.upper()}_FILE: cannot read {path}: {exc}"
                     ) from exc
         return data
+
+    @property
+    def single_instance(self) -> bool:
+        """Without Redis there is one process: nothing else can own a streaming turn."""
+        return not self.redis_url
+
+    @property
+    def sim_faults(self) -> bool:
+        return self.sim_fault_injection and self.env != "production"
 
     @property
     def is_sqlite(self) -> bool:

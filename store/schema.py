@@ -121,7 +121,8 @@ messages = sa.Table(
     sa.Index(None, "parent_id"),
     sa.Index(None, "status", "updated_at"),
     sa.Index(None, "deleted_at"),
-    sa.Index(None, "user_id"),
+    # busy and per-user concurrency checks: WHERE user_id=? AND status='streaming'
+    sa.Index(None, "user_id", "status"),
 )
 
 audit_events = sa.Table(

@@ -29,6 +29,7 @@ from server.api.schemas import (
 from server.auth.tokens import hash_refresh_token, new_refresh_token
 from server.errors import ApiError
 from server.services import Services
+from server.ws.hub import REVOKE_CHANNEL
 from store import sessions as sessions_repo
 from store import users as users_repo
 from store.audit import email_subject, record_event
@@ -41,7 +42,6 @@ from store.schema import sessions as sessions_table
 __all__ = ["bp", "revoke_sessions"]
 
 bp = Blueprint("auth", __name__)
-REVOKE_CHANNEL = "parley:revoked"
 
 
 def _trace() -> str | None:

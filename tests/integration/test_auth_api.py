@@ -80,7 +80,9 @@ async def test_wrong_password_and_unknown_email(api: ApiClient) -> None:
     assert r.status == 401 and r.code == "INVALID_CREDENTIALS"
     assert r.body["error"]["retryable"] is False and len(r.body["error"]["traceId"]) == 32
     r = await api.call(
-        "POST", f"{V1}/auth/login", json={"email": "ghost@example.com", "password": "whatever"}
+        "POST",
+        f"{V1}/auth/login",
+        json={"email": f"ghost-{api.ip}@example.com", "password": "whatever"},
     )
     assert r.status == 401 and r.code == "INVALID_CREDENTIALS"
     assert "login_failure" in await audit_actions(api, acct.user["id"])
@@ -114,7 +116,7 @@ async def test_login_throttle_per_ip(api: ApiClient) -> None:
         r = await api.call(
             "POST",
             f"{V1}/auth/login",
-            json={"email": f"nobody{i}@example.com", "password": "x"},
+            json={"email": f"nobody{i}-{ip}@example.com", "password": "x"},
             ip=ip,
         )
         assert r.status == 401

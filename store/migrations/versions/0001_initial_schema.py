@@ -238,7 +238,9 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_messages_status_updated_at"), ["status", "updated_at"], unique=False
         )
-        batch_op.create_index(batch_op.f("ix_messages_user_id"), ["user_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_messages_user_id_status"), ["user_id", "status"], unique=False
+        )
 
     op.create_table(
         "refresh_history",

@@ -1,0 +1,193 @@
+"""A connection's outbound queue, which merges stream deltas while the writer is behind.
+
+The turn runner pushes; the connection's writer pops. A `chat.stream` delta
+pushed right behind a queued delta of the same message (same conversation,
+message, seq, request id and trace id, and the next chunk number) joins that
+queued item instead of queueing a new frame: the popped frame's `delta` is
+the concatenation and its `chunk` the number of the last delta it holds.
+Anything else queued in between (another message's delta, an `chat.ack`, a
+`chat.done`...) stops the merge, so the order of frames is kept, and no text
+is lost, duplicated or moved.
+
+Stream items are encoded when popped, so they keep merging as long as they
+wait. Pre-encoded frames are queued as they are.
+
+The queue never refuses a frame (that would lose text): it reports. It is
+`over_limit` when it holds more than `max_bytes` bytes or `max_frames` frames;
+the server then starts its stall timer and closes 4008 if that lasts.
+
+`bytes_queued` is exactly what the queued frames weigh once encoded (UTF-8
+bytes), kept up to date on each push and pop without encoding anything.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import orjson
+
+from protocol.codec import encode_server_frame
+from protocol.frames import ServerType
+
+__all__ = ["OutboundFrame", "OutboundQueue"]
+
+_STREAM = ServerType.CHAT_STREAM.value
+
+
+class OutboundFrame(NamedTuple):
+    """A frame ready to write, and its `type` (for metrics)."""
+
+    text: str
+    type: str
+
+
+@dataclass(slots=True)
+class _Stream:
+    conversation_id: str
+    message_id: str
+    seq: int
+    chunk: int
+    request_id: str | None
+    trace_id: str
+    nbytes: int
+    parts: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Frame:
+    text: str
+    type: str
+    nbytes: int
+
+
+_STREAM_OVERHEAD = len(
+    '{"type":"chat.stream","requestId":,"traceId":"","data":'
+    '{"conversationId":"","messageId":"","seq":,"chunk":,"delta":""}}'
+)
+
+
+def _json_size(text: str) -> int:
+    return len(orjson.dumps(text)) - 2
+
+
+def _text_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+class OutboundQueue:
+    """A FIFO of outbound frames for one connection, merging adjacent deltas."""
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        if max_frames < 1 or max_bytes < 1:
+            raise ValueError("bounds must be positive")
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._items: deque[_Stream | _Frame] = deque()
+        self._bytes = 0
+        self.merged_total = 0
+        """Deltas that joined a queued frame instead of making their own."""
+        self.pushed_total = 0
+        """Everything pushed (deltas and frames)."""
+
+    def push_stream(
+        self,
+        conversation_id: str,
+        message_id: str,
+        seq: int,
+        chunk: int,
+        delta: str,
+        *,
+        request_id: str | None,
+        trace_id: str,
+    ) -> bool:
+        """Queue one `chat.stream` delta; True when it merged into the tail."""
+        if not delta:
+            raise ValueError("empty delta")
+        self.pushed_total += 1
+        size = _json_size(delta)
+        tail = self._items[-1] if self._items else None
+        if (
+            isinstance(tail, _Stream)
+            and tail.chunk + 1 == chunk
+            and tail.message_id == message_id
+            and tail.conversation_id == conversation_id
+            and tail.seq == seq
+            and tail.request_id == request_id
+            and tail.trace_id == trace_id
+        ):
+            size += len(str(chunk)) - len(str(tail.chunk))
+            tail.parts.append(delta)
+            tail.chunk = chunk
+            tail.nbytes += size
+            self._bytes += size
+            self.merged_total += 1
+            return True
+        envelope = (
+            _STREAM_OVERHEAD
+            + _json_size(conversation_id)
+            + _json_size(message_id)
+            + len(str(seq))
+            + len(str(chunk))
+            + _json_size(trace_id)
+            + (4 if request_id is None else _json_size(request_id) + 2)
+        )
+        item = _Stream(
+            conversation_id, message_id, seq, chunk, request_id, trace_id, envelope + size, [delta]
+        )
+        self._items.append(item)
+        self._bytes += item.nbytes
+        return False
+
+    def push_frame(self, encoded: str, type: str) -> None:
+        """Queue an already encoded frame (it is never merged)."""
+        self.pushed_total += 1
+        item = _Frame(encoded, type, _text_size(encoded))
+        self._items.append(item)
+        self._bytes += item.nbytes
+
+    def pop(self) -> OutboundFrame | None:
+        """The oldest frame, encoded; None when the queue is empty."""
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        self._bytes -= item.nbytes
+        if isinstance(item, _Frame):
+            return OutboundFrame(item.text, item.type)
+        text = encode_server_frame(
+            _STREAM,
+            {
+                "conversationId": item.conversation_id,
+                "messageId": item.message_id,
+                "seq": item.seq,
+                "chunk": item.chunk,
+                "delta": item.parts[0] if len(item.parts) == 1 else "".join(item.parts),
+            },
+            request_id=item.request_id,
+            trace_id=item.trace_id,
+        )
+        return OutboundFrame(text, _STREAM)
+
+    def clear(self) -> None:
+        """Drop everything queued (the connection is gone)."""
+        self._items.clear()
+        self._bytes = 0
+
+    @property
+    def bytes_queued(self) -> int:
+        return self._bytes
+
+    @property
+    def frames_queued(self) -> int:
+        return len(self._items)
+
+    @property
+    def over_limit(self) -> bool:
+        return self._bytes > self.max_bytes or len(self._items) > self.max_frames
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)

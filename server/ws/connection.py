@@ -1,0 +1,345 @@
+"""The ``/ws`` endpoint: handshake, then one nursery with a reader, a writer and a heartbeat.
+
+Only the writer writes to the socket. Everything else (replies, turn frames,
+the close) is pushed to the connection's :class:`Outbox` or set as the close
+to perform; the writer drains the outbox and then closes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from quart import abort, websocket
+
+from protocol.close_codes import CloseCode, close_reason
+from protocol.codec import encode_error, encode_server_frame, new_trace_id, parse_client_frame
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.frames import (
+    MAX_CONTENT_CHARS,
+    AuthRefresh,
+    ChatCancel,
+    ChatResume,
+    ChatSend,
+    ClientType,
+    ServerType,
+    format_timestamp,
+)
+from server.api.common import authenticate
+from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
+from server.errors import ApiError
+from server.logging import get_logger
+from server.services import Services
+from server.turns import MAX_TURNS_PER_USER, Listener, TurnManager
+from server.ws.heartbeat import SCOPE_KEY, HeartbeatState
+from server.ws.hub import Hub
+from server.ws.outbox import Outbox
+from store.cache import CacheUnavailable
+from store.db import utcnow
+
+__all__ = ["WsConfig", "handle_websocket"]
+
+log = get_logger("parley.ws")
+
+SUBPROTOCOL = "chat.v1"
+BEARER_PREFIX = "bearer."
+
+
+@dataclass(frozen=True)
+class WsConfig:
+    ping_interval: float = 25.0
+    pong_timeout: float = 10.0
+    stall_timeout: float = 10.0
+    invalid_frames_limit: int = 10
+    invalid_frames_window: float = 60.0
+    max_connections_per_user: int = 10
+    max_connections: int = 10_000
+    drain_reconnect_ms: int = 1000
+
+
+@dataclass(eq=False)
+class Connection:
+    id: str
+    user_id: str
+    session_id: str
+    claims: AccessClaims
+    outbox: Outbox = field(default_factory=Outbox)
+    close_code: int | None = None
+    close_reason: str = ""
+    closing: trio.Event = field(default_factory=trio.Event)
+    invalid_at: deque[float] = field(default_factory=deque)
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the writer to close after what is already queued (first request wins)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self.closing.set()
+        self.outbox.wake()
+
+
+def _origin_allowed(svc: Services, origin: str | None) -> bool:
+    if origin is None:
+        return True  # not a browser
+    return origin.rstrip("/") in svc.settings.origins
+
+
+def _client_ip(svc: Services) -> str:
+    if svc.settings.trust_proxy_headers:
+        fwd = websocket.headers.get("X-Forwarded-For", "")
+        if fwd:
+            return fwd.split(",")[0].strip()[:45]
+    return (websocket.remote_addr or "")[:45]
+
+
+async def handle_websocket(svc: Services, hub: Hub, turns: TurnManager, cfg: WsConfig) -> None:
+    """The whole life of one WebSocket, from the HTTP upgrade to the close."""
+    if svc.draining.is_set():
+        abort(503)
+    if not _origin_allowed(svc, websocket.headers.get("Origin")):
+        abort(403)
+    offered = websocket.requested_subprotocols
+    if SUBPROTOCOL not in offered:
+        abort(400)
+    try:
+        allowed, _retry = await svc.cache.hit_rate(
+            f"rl:wsup:{_client_ip(svc)}", svc.settings.ws_upgrades_per_ip_per_hour, 3600
+        )
+    except CacheUnavailable:
+        allowed = True
+    if not allowed:
+        abort(429)
+    token = next((p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), "")
+    await websocket.accept(subprotocol=SUBPROTOCOL)
+
+    # Authenticate after accepting, so the browser can read the close code.
+    try:
+        if not token:
+            raise TokenInvalid("no bearer subprotocol")
+        principal = await authenticate(svc, token)
+    except (TokenExpired, ApiError, TokenInvalid) as exc:
+        expired = isinstance(exc, TokenExpired) or (
+            isinstance(exc, ApiError) and exc.code == "AUTH_EXPIRED"
+        )
+        code = CloseCode.TOKEN_EXPIRED if expired else CloseCode.TOKEN_INVALID
+        svc.metrics.ws_dropped.labels("auth").inc()
+        await websocket.close(int(code), close_reason(code))
+        return
+    if hub.count() >= cfg.max_connections:
+        svc.metrics.ws_dropped.labels("instance_full").inc()
+        await websocket.close(
+            int(CloseCode.TRY_AGAIN_LATER), close_reason(CloseCode.TRY_AGAIN_LATER)
+        )
+        return
+    if hub.count_for_user(principal.user_id) >= cfg.max_connections_per_user:
+        svc.metrics.ws_dropped.labels("user_limit").inc()
+        await websocket.close(
+            int(CloseCode.TOO_MANY_CONNECTIONS), close_reason(CloseCode.TOO_MANY_CONNECTIONS)
+        )
+        return
+
+    conn = Connection(
+        id=uuid.uuid4().hex,
+        user_id=principal.user_id,
+        session_id=principal.session_id,
+        claims=principal.claims,
+    )
+    hub.add(conn)
+    svc.metrics.ws_connections.inc()
+    try:
+        _push(conn, ServerType.SESSION_READY, _ready_data(svc, conn), None, new_trace_id())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_writer, svc, conn, nursery.cancel_scope)
+            nursery.start_soon(_reader, svc, turns, conn, cfg)
+            nursery.start_soon(_heartbeat, svc, conn, cfg, nursery.cancel_scope)
+    finally:
+        hub.remove(conn)
+        turns.detach(conn.outbox)
+        conn.outbox.close()
+        svc.metrics.ws_connections.dec()
+
+
+def _ready_data(svc: Services, conn: Connection) -> dict[str, Any]:
+    return {
+        "userId": conn.user_id,
+        "sessionId": conn.session_id,
+        "connectionId": conn.id,
+        "serverTime": format_timestamp(utcnow()),
+        "limits": {
+            "maxFrameBytes": 65536,
+            "maxContentChars": MAX_CONTENT_CHARS,
+            "maxConcurrentTurns": MAX_TURNS_PER_USER,
+            "chatSendPerMinute": svc.settings.chat_sends_per_user_per_minute,
+        },
+    }
+
+
+def _push(
+    conn: Connection, type_: str, data: dict[str, Any], request_id: str | None, trace_id: str
+) -> None:
+    conn.outbox.push_frame(
+        encode_server_frame(type_, data, request_id=request_id, trace_id=trace_id), type_
+    )
+
+
+async def _writer(svc: Services, conn: Connection, scope: trio.CancelScope) -> None:
+    """The only task that writes to the socket; performs the close once the queue is sent."""
+    frames = svc.metrics.ws_frames
+    relay = svc.metrics.relay_seconds
+    outbox = conn.outbox
+    while True:
+        item = outbox.pop()
+        if item is None:
+            if conn.closing.is_set():
+                break
+            await outbox.wait()
+            continue
+        frame, t0 = item
+        await websocket.send(frame.text)
+        frames.labels("out", frame.type).inc()
+        if t0 is not None:
+            relay.observe(time.perf_counter() - t0)
+    await websocket.close(conn.close_code or 1000, conn.close_reason)
+    scope.cancel()
+
+
+async def _heartbeat(
+    svc: Services, conn: Connection, cfg: WsConfig, scope: trio.CancelScope
+) -> None:
+    """Pong deadline, token expiry, slow consumer: each one closes the connection.
+
+    A writer stuck on a peer that reads nothing gets 5 s to deliver the close,
+    then the connection is dropped.
+    """
+    await _watch(svc, conn, cfg)
+    await conn.closing.wait()
+    await trio.sleep(5.0)
+    scope.cancel()
+
+
+async def _watch(svc: Services, conn: Connection, cfg: WsConfig) -> None:
+    state: HeartbeatState | None = websocket.scope.get(SCOPE_KEY)  # type: ignore[assignment]
+    while not conn.closing.is_set():
+        await trio.sleep(0.5)
+        now = time.time()
+        if state is not None and state.overdue(cfg.pong_timeout):
+            svc.metrics.ws_dropped.labels("pong_timeout").inc()
+            conn.close(int(CloseCode.INTERNAL), "PING_TIMEOUT")
+            return
+        if conn.claims.exp <= now:
+            svc.metrics.ws_dropped.labels("token_expired").inc()
+            conn.close(int(CloseCode.TOKEN_EXPIRED), close_reason(CloseCode.TOKEN_EXPIRED))
+            return
+        over = conn.outbox.over_since
+        if over is not None and trio.current_time() - over >= cfg.stall_timeout:
+            svc.metrics.ws_dropped.labels("slow_consumer").inc()
+            conn.outbox.drop_queued()
+            conn.close(int(CloseCode.SLOW_CONSUMER), close_reason(CloseCode.SLOW_CONSUMER))
+            return
+
+
+async def _reader(svc: Services, turns: TurnManager, conn: Connection, cfg: WsConfig) -> None:
+    frames = svc.metrics.ws_frames
+    while not conn.closing.is_set():
+        raw = await websocket.receive()
+        try:
+            if isinstance(raw, bytes):
+                raise ProtocolError(ErrorCode.VALIDATION_FAILED, "text frames only")
+            frame = parse_client_frame(raw)
+        except ProtocolError as err:
+            frames.labels("in", "invalid").inc()
+            _reply_error(svc, conn, err, new_trace_id())
+            now = trio.current_time()
+            conn.invalid_at.append(now)
+            while conn.invalid_at and now - conn.invalid_at[0] > cfg.invalid_frames_window:
+                conn.invalid_at.popleft()
+            if len(conn.invalid_at) >= cfg.invalid_frames_limit:
+                svc.metrics.ws_dropped.labels("invalid_frames").inc()
+                conn.close(
+                    int(CloseCode.TOO_MANY_INVALID_FRAMES),
+                    close_reason(CloseCode.TOO_MANY_INVALID_FRAMES),
+                )
+                return
+            continue
+        frames.labels("in", frame.type.value).inc()
+        trace_id = frame.trace_id or new_trace_id()
+        try:
+            await _dispatch(svc, turns, conn, frame.type, frame.data, frame.request_id, trace_id)
+        except ProtocolError as err:
+            if err.request_id is None:
+                err.request_id = frame.request_id
+            _reply_error(svc, conn, err, trace_id)
+
+
+def _reply_error(svc: Services, conn: Connection, err: ProtocolError, trace_id: str) -> None:
+    svc.metrics.errors.labels(err.error_class.value, err.code.value).inc()
+    conn.outbox.push_frame(encode_error(err, trace_id=trace_id), ServerType.ERROR)
+
+
+async def _check_session(svc: Services, conn: Connection) -> None:
+    """Every frame that starts work re-checks the deny-list (revocation within seconds)."""
+    from server.api.common import is_session_denied
+
+    if await is_session_denied(svc, conn.session_id):
+        conn.close(int(CloseCode.TOKEN_INVALID), close_reason(CloseCode.TOKEN_INVALID))
+        raise ProtocolError(ErrorCode.AUTH_INVALID, "session revoked")
+    if conn.claims.exp <= time.time():
+        conn.close(int(CloseCode.TOKEN_EXPIRED), close_reason(CloseCode.TOKEN_EXPIRED))
+        raise ProtocolError(ErrorCode.AUTH_EXPIRED, "access token expired")
+
+
+async def _dispatch(
+    svc: Services,
+    turns: TurnManager,
+    conn: Connection,
+    type_: ClientType,
+    data: Any,
+    request_id: str | None,
+    trace_id: str,
+) -> None:
+    if type_ is ClientType.PING:
+        _push(conn, ServerType.PONG, {}, request_id, trace_id)
+        return
+    if type_ is ClientType.AUTH_REFRESH:
+        assert isinstance(data, AuthRefresh)
+        try:
+            principal = await authenticate(svc, data.accessToken)
+        except ApiError as exc:
+            code = ErrorCode.AUTH_EXPIRED if exc.code == "AUTH_EXPIRED" else ErrorCode.AUTH_INVALID
+            raise ProtocolError(code, exc.message) from exc
+        if principal.user_id != conn.user_id:
+            raise ProtocolError(ErrorCode.AUTH_INVALID, "the new token is for another user")
+        conn.claims, conn.session_id = principal.claims, principal.session_id
+        _push(conn, ServerType.SESSION_READY, _ready_data(svc, conn), request_id, trace_id)
+        return
+    await _check_session(svc, conn)
+    listener = Listener(conn.outbox, request_id, trace_id)
+    if type_ is ClientType.CHAT_SEND:
+        assert isinstance(data, ChatSend)
+        try:
+            allowed, retry_after = await svc.cache.hit_rate(
+                f"rl:send:{conn.user_id}", svc.settings.chat_sends_per_user_per_minute, 60
+            )
+        except CacheUnavailable:
+            allowed, retry_after = True, 0.0
+        if not allowed:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                "too many messages; slow down",
+                retry_after_ms=max(1, int(retry_after * 1000)),
+            )
+        await turns.send(user_id=conn.user_id, data=data, listener=listener)
+    elif type_ is ClientType.CHAT_CANCEL:
+        assert isinstance(data, ChatCancel)
+        if not turns.cancel(
+            user_id=conn.user_id,
+            conversation_id=str(data.conversationId),
+            message_id=str(data.messageId),
+        ):
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no such reply in flight")
+    elif type_ is ClientType.CHAT_RESUME:
+        assert isinstance(data, ChatResume)
+        await turns.resume(user_id=conn.user_id, data=data, listener=listener)

@@ -1,0 +1,103 @@
+"""A connection's outbound side: the coalescing queue plus the writer's wake-up.
+
+Pushing never blocks and never fails (a turn runner must not wait for a slow
+client); the queue merges consecutive deltas of one message while the writer
+is behind. The connection watches :attr:`Outbox.over_since`: past the byte
+bound for 10 s it closes 4008 and the client resumes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+from protocol.coalesce import OutboundFrame, OutboundQueue
+
+__all__ = ["MAX_OUTBOX_BYTES", "MAX_OUTBOX_FRAMES", "Outbox"]
+
+MAX_OUTBOX_BYTES = 1024 * 1024
+MAX_OUTBOX_FRAMES = 2048
+
+
+class Outbox:
+    def __init__(
+        self, *, max_frames: int = MAX_OUTBOX_FRAMES, max_bytes: int = MAX_OUTBOX_BYTES
+    ) -> None:
+        self.queue = OutboundQueue(max_frames=max_frames, max_bytes=max_bytes)
+        # When each queued item's first delta came from upstream (None for other frames),
+        # kept beside the queue: relay latency is measured from it when the frame is written.
+        self._t0: deque[float | None] = deque()
+        self._ready = trio.Event()
+        self.closed = False
+        self.over_since: float | None = None
+
+    def _pushed(self) -> None:
+        if self.queue.over_limit and self.over_since is None:
+            self.over_since = trio.current_time()
+        self._ready.set()
+
+    def push_frame(self, text: str, type: str) -> None:
+        if self.closed:
+            return
+        self.queue.push_frame(text, type)
+        self._t0.append(None)
+        self._pushed()
+
+    def push_stream(
+        self,
+        *,
+        conversation_id: str,
+        message_id: str,
+        seq: int,
+        chunk: int,
+        delta: str,
+        request_id: str | None,
+        trace_id: str,
+        t0: float | None = None,
+    ) -> None:
+        if self.closed:
+            return
+        merged = self.queue.push_stream(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            seq=seq,
+            chunk=chunk,
+            delta=delta,
+            request_id=request_id,
+            trace_id=trace_id,
+        )
+        if not merged:
+            self._t0.append(t0)
+        self._pushed()
+
+    def pop(self) -> tuple[OutboundFrame, float | None] | None:
+        """The next frame to write and its upstream time, or None when the queue is empty."""
+        frame = self.queue.pop()
+        if frame is None:
+            return None
+        if self.over_since is not None and not self.queue.over_limit:
+            self.over_since = None
+        return frame, self._t0.popleft()
+
+    async def wait(self) -> None:
+        """Until something is pushed (or :meth:`wake` is called)."""
+        if self.queue:
+            return
+        self._ready = trio.Event()
+        await self._ready.wait()
+
+    def wake(self) -> None:
+        self._ready.set()
+
+    def drop_queued(self) -> None:
+        """A consumer too slow to keep: forget what it has not read (it will resume)."""
+        self.queue.clear()
+        self._t0.clear()
+        self.over_since = None
+
+    def close(self) -> None:
+        self.closed = True
+        self.queue.clear()
+        self._t0.clear()
+        self._ready.set()
