@@ -33,7 +33,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest -p no:cacheprovider --cov --cov-report=term --cov-fail-under=85 -q
+	$(BIN)/pytest -p no:cacheprovider --cov --cov-report=term --cov-fail-under=93 -q
 
 bench: $(STAMP) services
 	$(BIN)/python benchmarks/redis_clients.py

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from server.errors import REST_CODES, ApiError, error_body
 from server.llm import create_provider
-from server.llm.resilience import ResilientUpstream, UpstreamPolicy
+from server.llm.resilience import BreakerState, ResilientUpstream, UpstreamPolicy
 from server.logging import get_logger
 from server.services import Services
 from server.turns import TurnManager
@@ -69,8 +69,16 @@ def build_upstream(svc: Services) -> ResilientUpstream:
         breaker_threshold=s.upstream_breaker_threshold,
         breaker_cooldown=s.upstream_breaker_cooldown,
     )
-    first_token = svc.metrics.upstream_first_token_seconds
-    return ResilientUpstream(provider, policy, on_first_token=first_token.observe)
+    m = svc.metrics
+    return ResilientUpstream(
+        provider,
+        policy,
+        on_first_token=m.upstream_first_token_seconds.observe,
+        on_retry=lambda _attempt, _err: m.upstream_retries.inc(),
+        on_breaker_state=lambda state: m.upstream_breaker_open.set(
+            1 if state is BreakerState.OPEN else 0
+        ),
+    )
 
 
 def create_app(

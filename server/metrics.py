@@ -56,6 +56,14 @@ class Metrics:
             buckets=_SLOW,
             registry=r,
         )
+        self.upstream_retries = Counter(
+            "parley_upstream_retries", "Upstream retries (before the first token)", registry=r
+        )
+        self.upstream_breaker_open = Gauge(
+            "parley_upstream_breaker_open",
+            "1 while the upstream circuit breaker is open",
+            registry=r,
+        )
         self.login_failures = Counter("parley_login_failures", "Failed logins", registry=r)
 
     def render(self) -> bytes:

@@ -128,6 +128,14 @@ def message_data(m: MessageRecord) -> dict[str, Any]:
     }
 
 
+def _upstream_code(exc: UpstreamError) -> ErrorCode:
+    if isinstance(exc, UpstreamUnavailable):
+        return ErrorCode.UPSTREAM_UNAVAILABLE
+    if isinstance(exc, UpstreamTimeout):
+        return ErrorCode.UPSTREAM_TIMEOUT
+    return ErrorCode.UPSTREAM_ERROR
+
+
 def _done_data(
     conversation_id: str,
     message_id: str,
@@ -223,8 +231,8 @@ class TurnManager:
             )
         if outcome is store_messages.BeginOutcome.TOO_MANY:
             raise ProtocolError(
-                ErrorCode.RATE_LIMITED,
-                f"at most {MAX_TURNS_PER_USER} replies may stream at once",
+                ErrorCode.CONVERSATION_BUSY,
+                f"at most {MAX_TURNS_PER_USER} replies may stream at once per user",
                 request_id=listener.request_id,
                 retry_after_ms=1000,
             )
@@ -488,32 +496,25 @@ class TurnManager:
 
     async def _generate_and_finish(self, live: LiveTurn) -> None:
         turn = live.turn
-        try:
-            with live.cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._checkpointer, live)
-                    try:
-                        await self._generate(live)
-                    finally:
-                        nursery.cancel_scope.cancel()
-        except UpstreamError as exc:
-            code = (
-                ErrorCode.UPSTREAM_UNAVAILABLE
-                if isinstance(exc, UpstreamUnavailable)
-                else ErrorCode.UPSTREAM_TIMEOUT
-                if isinstance(exc, UpstreamTimeout)
-                else ErrorCode.UPSTREAM_ERROR
-            )
-            live.error = ProtocolError(code, str(exc))
-            if not turn.is_terminal:
-                turn.finish(TurnState.FAILED, "error")
-        except Exception:
-            log.exception("turn_crashed", convId=live.conversation_id, messageId=live.message_id)
-            live.error = ProtocolError(ErrorCode.SERVER_ERROR, "the reply failed")
-            if not turn.is_terminal:
-                turn.finish(TurnState.FAILED, "error")
+        with live.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._checkpointer, live)
+                try:
+                    await self._generate(live)
+                except UpstreamError as exc:
+                    # Errors stay here, inside the body, so they never become a group.
+                    live.error = ProtocolError(_upstream_code(exc), str(exc))
+                except Exception:
+                    log.exception(
+                        "turn_crashed", convId=live.conversation_id, messageId=live.message_id
+                    )
+                    live.error = ProtocolError(ErrorCode.SERVER_ERROR, "the reply failed")
+                finally:
+                    nursery.cancel_scope.cancel()
         if not turn.is_terminal:
-            if live.cancel_requested:
+            if live.error is not None:
+                turn.finish(TurnState.FAILED, "error")
+            elif live.cancel_requested:
                 turn.finish(TurnState.CANCELLED)
             else:  # cancelled from outside: the server is going down
                 turn.finish(TurnState.INTERRUPTED)

@@ -349,6 +349,10 @@ class _Call:
         if trio.current_time() + delay >= self._total_deadline:
             self._finished = True
             raise err
+        if self._o.breaker.state is BreakerState.OPEN:
+            # This failure opened the breaker: no retry, and no pointless backoff first.
+            self._finished = True
+            raise UpstreamUnavailable()
         if self._o.on_retry is not None:
             self._o.on_retry(retry, err)
         await trio.sleep(delay)

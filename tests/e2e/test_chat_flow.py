@@ -15,6 +15,11 @@ from tests.support.wsclient import Rest, connect
 
 
 async def test_register_login_stream_persist_replay(live: LiveServer) -> None:
+    await run_flow(live)
+
+
+async def run_flow(live: LiveServer, content: str = "Tell me about trio.") -> str:
+    """The whole flow; returns the streamed answer."""
     rest = Rest(live.http_url)
     reg = await rest.register()
     login = await rest.login(reg["email"], reg["password"])
@@ -27,7 +32,7 @@ async def test_register_login_stream_persist_replay(live: LiveServer) -> None:
         ready = ws.received[0]["data"]
         assert ready["userId"] == reg["user"]["id"]
         assert ready["limits"]["maxContentChars"] == 8000
-        turn = await ws.turn(conv_id, "Tell me about trio.", message_id=message_id)
+        turn = await ws.turn(conv_id, content, message_id=message_id)
 
     assert turn.ack["data"]["duplicate"] is False
     assert turn.ack["data"]["userSeq"] == 1 and turn.ack["data"]["assistantSeq"] == 2
@@ -46,16 +51,17 @@ async def test_register_login_stream_persist_replay(live: LiveServer) -> None:
         (1, "user", "completed"),
         (2, "assistant", "completed"),
     ]
-    assert history[0]["content"] == "Tell me about trio."
+    assert history[0]["content"] == content
     assert history[1]["content"] == turn.text
     assert history[1]["id"] == turn.ack["data"]["assistantMessageId"]
 
     # a new connection re-sends the same messageId: same answer, nothing generated again
     async with connect(live.ws_url, token) as ws2:
-        again = await ws2.turn(conv_id, "Tell me about trio.", message_id=message_id)
+        again = await ws2.turn(conv_id, content, message_id=message_id)
     assert again.ack["data"]["duplicate"] is True
     assert again.ack["data"]["assistantMessageId"] == turn.ack["data"]["assistantMessageId"]
     assert again.text == turn.text
     assert again.done is not None and again.done["data"]["lastChunk"] == done["lastChunk"]
     assert again.done["data"]["status"] == "completed"
     assert len(await rest.history(token, conv_id)) == 2
+    return turn.text

@@ -1,0 +1,217 @@
+"""WebSocket handshake, validation, close codes and connection rules over real sockets."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from server.ws.connection import WsConfig
+from tests.support.live import LiveServer
+from tests.support.wsclient import Rest, connect
+
+LIVE_WS_CONFIG = WsConfig(ping_interval=0.5, pong_timeout=1.0, max_connections_per_user=3)
+
+
+async def account(live: LiveServer) -> tuple[Rest, dict, str]:
+    rest = Rest(live.http_url)
+    reg = await rest.register()
+    return rest, reg, reg["accessToken"]
+
+
+async def expect_close(live: LiveServer, subprotocols: list[str]) -> tuple[int, str | None]:
+    async with open_websocket_url(live.ws_url, subprotocols=subprotocols) as ws:
+        assert ws.subprotocol == "chat.v1"  # accepted first, so the browser sees the code
+        with pytest.raises(ConnectionClosed) as closed:
+            with trio.fail_after(5):
+                await ws.get_message()
+    return closed.value.reason.code, closed.value.reason.reason
+
+
+async def test_subprotocol_negotiation(live: LiveServer) -> None:
+    _, _, token = await account(live)
+    async with open_websocket_url(live.ws_url, subprotocols=["chat.v1", f"bearer.{token}"]) as ws:
+        assert ws.subprotocol == "chat.v1"  # never the token
+        hello = orjson.loads(await ws.get_message())
+        assert hello["type"] == "session.ready" and hello["requestId"] is None
+    # no chat.v1 offered: a real HTTP 400, nothing accepted
+    for protos in ([f"bearer.{token}"], [], ["chat.v2", f"bearer.{token}"]):
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(live.ws_url, subprotocols=protos):
+                pass
+        assert rejected.value.status_code == 400
+
+
+async def test_bad_and_expired_tokens_close_after_accept(live: LiveServer) -> None:
+    assert await expect_close(live, ["chat.v1"]) == (4500, "AUTH_INVALID")
+    assert await expect_close(live, ["chat.v1", "bearer.garbage"]) == (4500, "AUTH_INVALID")
+    _, reg, _ = await account(live)
+    assert live.svc is not None
+    expired, _ = live.svc.keyring.issue(
+        user_id=reg["user"]["id"], session_id="s", kind="registered", role="user", now=1_000_000
+    )
+    assert await expect_close(live, ["chat.v1", f"bearer.{expired}"]) == (4001, "AUTH_EXPIRED")
+
+
+async def test_origin_allow_list(live: LiveServer) -> None:
+    _, _, token = await account(live)
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with connect(live.ws_url, token, origin="https://evil.example"):
+            pass
+    assert rejected.value.status_code == 403
+    async with connect(live.ws_url, token, origin=live.http_url) as ws:
+        assert ws.received[0]["type"] == "session.ready"
+
+
+async def test_invalid_frames_answer_errors_and_keep_the_connection(live: LiveServer) -> None:
+    rest, _, token = await account(live)
+    conv = await rest.conversation(token)
+    async with connect(live.ws_url, token) as ws:
+        await ws.send_raw("{not json")
+        err = await ws.recv()
+        assert err["type"] == "error" and err["data"]["code"] == "VALIDATION_FAILED"
+        assert err["data"]["class"] == "VALIDATION" and err["data"]["retryable"] is False
+        await ws.send("chat.explode", {})
+        err = await ws.recv()
+        assert err["data"]["code"] == "UNKNOWN_TYPE" and err["requestId"] == "r-1"
+        await ws.send(
+            "chat.send",
+            {"conversationId": conv, "messageId": str(uuid.uuid4()), "content": "x" * 8001},
+        )
+        err = await ws.recv()
+        assert err["data"]["code"] == "PAYLOAD_TOO_LARGE" and err["requestId"] == "r-2"
+        await ws.send(
+            "chat.send", {"conversationId": conv, "messageId": "not-a-uuid", "content": "hi"}
+        )
+        err = await ws.recv()
+        assert err["data"]["code"] == "VALIDATION_FAILED" and "messageId" in err["data"]["message"]
+        await ws.send_raw(b"\x00binary")
+        err = await ws.recv()
+        assert err["data"]["code"] == "VALIDATION_FAILED"
+        # still usable
+        await ws.send("ping", request_id="p1")
+        pong = await ws.recv()
+        assert pong["type"] == "pong" and pong["requestId"] == "p1"
+    history = await rest.history(token, conv)
+    assert history == []  # nothing stored by bad input
+
+
+async def test_ten_invalid_frames_in_a_minute_close_4509(live: LiveServer) -> None:
+    _, _, token = await account(live)
+    async with connect(live.ws_url, token) as ws:
+        for _ in range(9):
+            await ws.send_raw("[]")
+            assert (await ws.recv())["type"] == "error"
+        await ws.send_raw("[]")
+        assert (await ws.recv())["type"] == "error"
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.reason.code == 4509
+
+
+async def test_oversized_frame_closes_1009(live: LiveServer) -> None:
+    _, _, token = await account(live)
+    async with connect(live.ws_url, token) as ws:
+        await ws.send_raw("x" * (64 * 1024 + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.reason.code == 1009
+
+
+async def test_other_users_conversation_is_not_found(live: LiveServer) -> None:
+    rest, _, owner_token = await account(live)
+    conv = await rest.conversation(owner_token)
+    _, _, intruder = await account(live)
+    async with connect(live.ws_url, intruder) as ws:
+        for cid in (conv, str(uuid.uuid4())):
+            result = await ws.turn(cid, "let me in")
+            assert result.errors[0]["data"]["code"] == "NOT_FOUND"
+        await ws.send("chat.resume", {"conversationId": conv, "lastMessageSeq": 0})
+        assert (await ws.recv())["data"]["code"] == "NOT_FOUND"
+        await ws.send("chat.cancel", {"conversationId": conv, "messageId": str(uuid.uuid4())})
+        assert (await ws.recv())["data"]["code"] == "NOT_FOUND"
+    assert await rest.history(owner_token, conv) == []
+
+
+async def test_auth_refresh_swaps_token_same_user_only(live: LiveServer) -> None:
+    rest, reg, token = await account(live)
+    r = await rest.call("POST", "/api/v1/auth/refresh", json={"refreshToken": reg["refreshToken"]})
+    fresh = r.json()["accessToken"]
+    _, _, other = await account(live)
+    async with connect(live.ws_url, token) as ws:
+        await ws.send("auth.refresh", {"accessToken": other})
+        err = await ws.recv()
+        assert err["data"]["code"] == "AUTH_INVALID"
+        await ws.send("auth.refresh", {"accessToken": fresh})
+        ready = await ws.recv()
+        assert ready["type"] == "session.ready" and ready["data"]["userId"] == reg["user"]["id"]
+
+
+async def test_revoked_session_closes_4500(live: LiveServer) -> None:
+    rest, _, token = await account(live)
+    async with connect(live.ws_url, token) as ws:
+        r = await rest.call("POST", "/api/v1/auth/logout", token=token)
+        assert r.status_code == 204
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv(timeout=5)
+        assert closed.value.reason.code == 4500
+
+
+async def test_connection_cap_per_user_4504(live: LiveServer) -> None:
+    _, _, token = await account(live)
+    async with (
+        connect(live.ws_url, token),
+        connect(live.ws_url, token),
+        connect(live.ws_url, token),
+        open_websocket_url(live.ws_url, subprotocols=["chat.v1", f"bearer.{token}"]) as ws,
+    ):
+        with pytest.raises(ConnectionClosed) as closed:
+            with trio.fail_after(5):
+                await ws.get_message()
+        assert closed.value.reason.code == 4504
+
+
+async def test_pings_answered_keep_the_connection(live: LiveServer) -> None:
+    _, _, token = await account(live)
+    async with connect(live.ws_url, token) as ws:
+        await trio.sleep(2.0)  # four server pings, answered by the client library
+        await ws.send("ping")
+        assert (await ws.recv())["type"] == "pong"
+
+
+async def test_silent_peer_is_dropped(live: LiveServer) -> None:
+    """A client that never answers pings is dropped (pong deadline)."""
+    import wsproto
+    from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
+
+    _, _, token = await account(live)
+    stream = await trio.open_tcp_stream("127.0.0.1", live.port)
+    conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    await stream.send_all(
+        conn.send(
+            Request(host="127.0.0.1", target="/ws", subprotocols=["chat.v1", f"bearer.{token}"])
+        )
+    )
+    pings = 0
+    closed_code = None
+    with trio.fail_after(10):
+        while closed_code is None:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            conn.receive_data(data)
+            for event in conn.events():
+                if isinstance(event, AcceptConnection):
+                    assert event.subprotocol == "chat.v1"
+                elif isinstance(event, TextMessage):
+                    assert orjson.loads(event.data)["type"] == "session.ready"
+                elif isinstance(event, Ping):
+                    pings += 1  # and never answer
+                elif isinstance(event, CloseConnection):
+                    closed_code = event.code
+    await stream.aclose()
+    assert pings >= 1
+    assert closed_code == 1011
