@@ -14,6 +14,7 @@ from tests.support.live import LiveServer
 from tests.support.wsclient import Rest, connect
 
 LIVE_WS_CONFIG = WsConfig(ping_interval=0.5, pong_timeout=1.0, max_connections_per_user=3)
+LIVE_SETTINGS = {"chat_sends_per_user_per_minute": 5}
 
 
 async def account(live: LiveServer) -> tuple[Rest, dict, str]:
@@ -215,3 +216,15 @@ async def test_silent_peer_is_dropped(live: LiveServer) -> None:
     await stream.aclose()
     assert pings >= 1
     assert closed_code == 1011
+
+
+async def test_chat_send_rate_limit_per_user(live: LiveServer) -> None:
+    _, _, token = await account(live)
+    async with connect(live.ws_url, token) as ws:
+        for _ in range(5):
+            result = await ws.turn(str(uuid.uuid4()), "hello?")
+            assert result.errors[0]["data"]["code"] == "NOT_FOUND"
+        limited = await ws.turn(str(uuid.uuid4()), "hello?")
+    err = limited.errors[0]["data"]
+    assert err["code"] == "RATE_LIMITED" and err["class"] == "RLIMIT"
+    assert err["retryable"] is True and 0 < err["retryAfterMs"] <= 60_000
