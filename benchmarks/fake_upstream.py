@@ -25,7 +25,12 @@ before streaming) with ``status_times`` (only for the first K requests of the
 scenario; absent = always) and ``retry_after``, ``error_after`` (an
 ``{"error": ...}`` chunk after N tokens), ``drop_after`` (close the connection
 mid-body after N tokens), ``scenario`` (the key for ``status_times`` counting;
-also header ``X-Fake-Scenario``).
+also header ``X-Fake-Scenario``), ``bench`` (a request id for benchmarks: the
+fake then records, in memory, the request's arrival time and the write time of
+every token, both ``time.perf_counter_ns()``; ``GET /traces`` returns them as
+``{"traces": {id: {"arrival_ns": int, "first_ns": int, "t_ns": [per token]}}}``
+and ``GET /traces?clear=1`` also forgets them — the side channel relay-latency
+measurements use, since the Parley server does not forward ``t_ns``).
 
 Each SSE chunk object carries a top-level ``"t_ns"``: ``time.perf_counter_ns()``
 (CLOCK_MONOTONIC on Linux, comparable across processes) taken just before the
@@ -94,6 +99,7 @@ class Behaviour:
     error_after: int | None = None
     drop_after: int | None = None
     scenario: str = ""
+    bench: str = ""
 
     def merged(self, overrides: dict[str, Any]) -> Behaviour:
         known = {f.name for f in fields(self)}
@@ -120,6 +126,7 @@ class FakeUpstream:
     def __init__(self, defaults: Behaviour) -> None:
         self.defaults = defaults
         self.counts: dict[str, int] = {}
+        self.traces: dict[str, dict[str, Any]] = {}
         self.started = time.time()
 
     # -- HTTP plumbing ---------------------------------------------------------
@@ -197,6 +204,11 @@ class FakeUpstream:
             await self._json(stream, conn, 200, {"status": "ok"})
         elif method == "GET" and path == "/stats":
             await self._json(stream, conn, 200, {"requests": self.counts})
+        elif method == "GET" and path == "/traces":
+            traces = self.traces
+            if "clear=1" in req.target.decode():
+                self.traces = {}
+            await self._json(stream, conn, 200, {"traces": traces})
         elif method == "GET" and path == "/v1/models":
             await self._json(stream, conn, 200, {"object": "list", "data": [{"id": "fake"}]})
         elif method == "POST" and path == "/v1/chat/completions":
@@ -209,6 +221,7 @@ class FakeUpstream:
     async def _chat(
         self, stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, body: bytes
     ) -> bool:
+        arrival_ns = time.perf_counter_ns()
         headers = {k.decode().lower(): v.decode() for k, v in req.headers}
         try:
             payload = json.loads(body)
@@ -231,6 +244,10 @@ class FakeUpstream:
             )
             return True
 
+        trace: list[int] | None = None
+        if b.bench:
+            trace = []
+            self.traces[b.bench] = {"arrival_ns": arrival_ns, "first_ns": 0, "t_ns": trace}
         seen = self.counts.get(b.scenario, 0)
         self.counts[b.scenario] = seen + 1
         if b.status is not None and (b.status_times is None or seen < b.status_times):
@@ -279,7 +296,7 @@ class FakeUpstream:
 
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         return await self._stream(
-            stream, conn, b, model, n, finish, usage if include_usage else None
+            stream, conn, b, model, n, finish, usage if include_usage else None, trace
         )
 
     async def _stream(
@@ -291,6 +308,7 @@ class FakeUpstream:
         n: int,
         finish: str,
         usage: dict[str, int] | None,
+        trace: list[int] | None = None,
     ) -> bool:
         await self._send(
             stream,
@@ -306,14 +324,20 @@ class FakeUpstream:
         )
         perf = time.perf_counter_ns
 
-        async def chunk(choices: str, tail: str = "") -> None:
+        async def chunk(choices: str, tail: str = "") -> int:
             # Hot path: chunked framing by hand (h11 is told only the end of the body).
-            data = f'data: {head}{tail}"choices":[{choices}],"t_ns":{perf()}}}\n\n'.encode()
+            t_ns = perf()
+            data = f'data: {head}{tail}"choices":[{choices}],"t_ns":{t_ns}}}\n\n'.encode()
             await stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
+            return t_ns
 
         if b.stall_first:
             await trio.sleep(b.stall_first)
-        await chunk('{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}')
+        first_ns = await chunk(
+            '{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}'
+        )
+        if trace is not None and b.bench in self.traces:
+            self.traces[b.bench]["first_ns"] = first_ns
         start = trio.current_time()
         for i in range(n):
             if i == b.error_after:
@@ -325,7 +349,9 @@ class FakeUpstream:
                 start = trio.current_time() - (i / b.tps if b.tps > 0 else 0.0)
             if b.tps > 0:
                 await trio.sleep_until(start + (i + 1) / b.tps)
-            await chunk(_TOKEN_CHOICES[i % len(WORDS)] if i else _FIRST_CHOICE)
+            t_ns = await chunk(_TOKEN_CHOICES[i % len(WORDS)] if i else _FIRST_CHOICE)
+            if trace is not None:
+                trace.append(t_ns)
         if n == b.error_after:
             return await self._mid_error(stream, conn)
         if n == b.drop_after:
