@@ -12,6 +12,7 @@ from quart import Response, g, has_websocket_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from server.api.auth import flush_pending_denies
 from server.errors import REST_CODES, ApiError, error_body
 from server.llm import create_provider
 from server.llm.resilience import BreakerState, ResilientUpstream, UpstreamPolicy
@@ -153,11 +154,17 @@ def create_app(
     async def _ws() -> None:
         await handle_websocket(svc, hub, turns, ws_cfg)
 
+    background_done = trio.Event()
+
     async def _background() -> None:
-        with background:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(turns.run)
-                nursery.start_soon(hub.watch_revocations, svc.cache)
+        try:
+            with background:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(turns.run)
+                    nursery.start_soon(hub.watch_revocations, svc.cache)
+                    nursery.start_soon(flush_pending_denies, svc)
+        finally:
+            background_done.set()
 
     @app.before_serving
     async def _start() -> None:
@@ -171,6 +178,9 @@ def create_app(
     @app.after_serving
     async def _close() -> None:
         background.cancel()
+        # Turns end (interrupted, stored, chat.done pushed) before the pools close.
+        with trio.move_on_after(10):
+            await background_done.wait()
         await upstream.aclose()
         await svc.aclose()
 

@@ -25,6 +25,8 @@ class Services:
     passwords: PasswordService
     metrics: Metrics
     draining: trio.Event = field(default_factory=trio.Event)
+    # session id -> monotonic expiry: revocations not yet written to the cache
+    pending_denies: dict[str, float] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         await self.cache.aclose()

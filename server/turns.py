@@ -37,7 +37,7 @@ from server.llm.resilience import BreakerState
 from server.logging import get_logger
 from server.services import Services
 from store import messages as store_messages
-from store.cache import CacheUnavailable
+from store.cache import CacheError
 from store.records import MessageRecord
 
 __all__ = ["Listener", "LiveTurn", "TurnManager", "UpstreamStream", "message_data"]
@@ -49,6 +49,7 @@ MAX_OUTPUT_BYTES = 64 * 1024
 CHECKPOINT_SECONDS = 0.5
 IDEMPOTENCY_TTL = 24 * 3600
 DUPLICATE_WINDOW = 10.0
+FINISH_DEADLINE = 45.0  # longest a turn's final write may hold up its chat.done (or shutdown)
 MAX_TURNS_PER_USER = 3
 
 
@@ -105,6 +106,12 @@ class LiveTurn:
     error: ProtocolError | None = None
     saved_chunks: int = 0
     dup_key: str = ""
+
+    def attach(self, listener: Listener) -> None:
+        """Send this turn's frames to a connection; one listener per connection (the newest
+        request's ids win), so resuming twice never doubles a frame."""
+        self.listeners = [lst for lst in self.listeners if lst.outbox is not listener.outbox]
+        self.listeners.append(listener)
 
     @property
     def message_id(self) -> str:
@@ -182,6 +189,7 @@ class TurnManager:
         conv_id, client_id, content = str(data.conversationId), str(data.messageId), data.content
         cache = self.svc.cache
         dup_key = f"dup:{user_id}:{conv_id}:{hashlib.sha256(content.encode()).hexdigest()[:32]}"
+        known: bytes | None = None
         try:
             known = await cache.get(f"idem:{conv_id}:{client_id}")
             if known is None and await cache.get(dup_key) is not None:
@@ -190,10 +198,15 @@ class TurnManager:
                     "the same message was sent moments ago",
                     request_id=listener.request_id,
                 )
-        except CacheUnavailable:
+        except CacheError:
             pass  # the database still finds duplicates by messageId
         breaker = getattr(self.upstream, "breaker", None)
-        if breaker is not None and breaker.state is BreakerState.OPEN and breaker.retry_in() > 0:
+        if (
+            known is None  # a known messageId replays or joins: no upstream call needed
+            and breaker is not None
+            and breaker.state is BreakerState.OPEN
+            and breaker.retry_in() > 0
+        ):
             # Fail fast, before anything is stored: the upstream is being skipped.
             raise ProtocolError(
                 ErrorCode.UPSTREAM_UNAVAILABLE,
@@ -209,9 +222,16 @@ class TurnManager:
                 client_message_id=client_id,
                 content=content,
                 max_user_turns=MAX_TURNS_PER_USER,
+                must_exist=known is not None,
             )
         )
         outcome = result.outcome
+        if outcome is store_messages.BeginOutcome.EXPIRED:
+            raise ProtocolError(
+                ErrorCode.REPLAY_EXPIRED,
+                "that message is no longer stored; nothing was generated again",
+                request_id=listener.request_id,
+            )
         if outcome is store_messages.BeginOutcome.NOT_FOUND:
             raise ProtocolError(
                 ErrorCode.NOT_FOUND, "no such conversation", request_id=listener.request_id
@@ -242,13 +262,8 @@ class TurnManager:
             await self._duplicate(conv_id, user_msg, assistant, listener)
             return
         assert assistant is not None
-        try:
-            pipe = cache.pipeline()
-            pipe.set(f"idem:{conv_id}:{client_id}", assistant.id, ttl=IDEMPOTENCY_TTL)
-            pipe.set(dup_key, b"1", ttl=DUPLICATE_WINDOW)
-            await pipe.execute()
-        except CacheUnavailable:
-            pass
+        # The rows are committed: from here to start_soon nothing may await, or a cancelled
+        # reader would leave a streaming row that no task owns.
         live = LiveTurn(
             conversation_id=conv_id,
             user_id=user_id,
@@ -263,7 +278,7 @@ class TurnManager:
         self.live[conv_id] = live
         self._ack(live, listener, duplicate=False)
         assert self._nursery is not None, "TurnManager.run() is not running"
-        self._nursery.start_soon(self._generate_and_finish, live)
+        self._nursery.start_soon(self._turn_task, live)
 
     def _ack(self, live: LiveTurn, listener: Listener, *, duplicate: bool) -> None:
         listener.outbox.push_frame(
@@ -304,7 +319,7 @@ class TurnManager:
                     request_id=listener.request_id,
                     trace_id=listener.trace_id,
                 )
-            live.listeners.append(listener)
+            live.attach(listener)
             return
         if assistant is None or assistant.deleted_at is not None:
             raise ProtocolError(
@@ -312,6 +327,13 @@ class TurnManager:
                 "that message is no longer stored",
                 request_id=listener.request_id,
             )
+        if assistant.status == store_messages.STREAMING:
+            # Finished between our read and now? Read the row again before saying busy.
+            await trio.sleep(0.05)
+            aid = assistant.id
+            fresh = await self.svc.db.read(lambda c: store_messages.get_message(c, aid))
+            if fresh is not None and fresh.status != store_messages.STREAMING:
+                assistant = fresh
         if assistant.status == store_messages.STREAMING:
             # Streaming elsewhere (another instance) or a leftover: the caller may resume.
             raise ProtocolError(
@@ -401,7 +423,11 @@ class TurnManager:
             in_flight=in_flight,
         )
         if isinstance(plan, Reset):
+            # Live frames follow (contract); after reloading over REST the client resumes
+            # again from there, which fills any gap (one listener per connection: no doubles).
             self._resumed(conv_id, listener, replayed=0, live=plan.live, reset=True)
+            if live is not None and plan.live:
+                live.attach(listener)
             return
         records = await self.svc.db.read(
             lambda c: store_messages.messages_by_seq(c, conv_id, list(plan.messages))
@@ -410,6 +436,16 @@ class TurnManager:
         live = self.live.get(conv_id)
         if live is not None and (live.finished.is_set() or live.seq != plan.in_flight_seq):
             live = None
+        if live is None and plan.in_flight_seq is not None:
+            # It finished while we read: its row is stored (chat.done follows the write),
+            # so it goes out whole, as a chat.message.
+            seq = plan.in_flight_seq
+            records += await self.svc.db.read(
+                lambda c: store_messages.messages_by_seq(c, conv_id, [seq])
+            )
+            live = self.live.get(conv_id)
+            if live is not None and live.seq != seq:
+                live = None
         for m in records:
             listener.outbox.push_frame(
                 encode_server_frame(
@@ -439,8 +475,8 @@ class TurnManager:
                 )
                 replayed += 1
         self._resumed(conv_id, listener, replayed=replayed, live=live is not None, reset=False)
-        if live is not None and listener not in live.listeners:
-            live.listeners.append(listener)
+        if live is not None:
+            live.attach(listener)
 
     def _resumed(
         self, conv_id: str, listener: Listener, *, replayed: int, live: bool, reset: bool
@@ -464,6 +500,13 @@ class TurnManager:
         live.cancel_requested = True
         live.cancel_scope.cancel()
         return True
+
+    def cancel_conversation(self, conversation_id: str) -> None:
+        """The conversation was deleted: stop its turn (it ends cancelled)."""
+        live = self.live.get(conversation_id)
+        if live is not None:
+            live.cancel_requested = True
+            live.cancel_scope.cancel()
 
     def detach(self, outbox: OutboxLike) -> None:
         """A connection closed: stop sending it frames (the turns go on)."""
@@ -494,7 +537,42 @@ class TurnManager:
                 msgs.append(ChatMessage(role, content))  # type: ignore[arg-type]
         return msgs
 
-    async def _generate_and_finish(self, live: LiveTurn) -> None:
+    async def _turn_task(self, live: LiveTurn) -> None:
+        """One turn, start to finish. Nothing escapes: the server-wide nursery must live on."""
+        try:
+            try:
+                await self._remember_keys(live)
+                await self._generate_and_settle(live)
+            finally:
+                # Also on shutdown (the nursery is cancelled): the turn still ends, stored as
+                # interrupted, with its chat.done pushed; bounded so shutdown stays quick.
+                with trio.CancelScope(shield=True):
+                    if not live.turn.is_terminal:
+                        live.turn.finish(TurnState.INTERRUPTED)
+                    deadline = 5.0 if self.svc.draining.is_set() else FINISH_DEADLINE
+                    with trio.move_on_after(deadline):
+                        await self._finish(live)
+                    if not live.finished.is_set():
+                        self._forget(live)
+        except Exception:
+            log.exception(
+                "turn_task_failed", convId=live.conversation_id, messageId=live.message_id
+            )
+
+    async def _remember_keys(self, live: LiveTurn) -> None:
+        try:
+            pipe = self.svc.cache.pipeline()
+            pipe.set(
+                f"idem:{live.conversation_id}:{live.client_message_id}",
+                live.message_id,
+                ttl=IDEMPOTENCY_TTL,
+            )
+            pipe.set(live.dup_key, b"1", ttl=DUPLICATE_WINDOW)
+            await pipe.execute()
+        except CacheError:
+            pass  # the database still answers duplicates by messageId
+
+    async def _generate_and_settle(self, live: LiveTurn) -> None:
         turn = live.turn
         with live.cancel_scope:
             async with trio.open_nursery() as nursery:
@@ -516,10 +594,11 @@ class TurnManager:
                 turn.finish(TurnState.FAILED, "error")
             elif live.cancel_requested:
                 turn.finish(TurnState.CANCELLED)
-            else:  # cancelled from outside: the server is going down
-                turn.finish(TurnState.INTERRUPTED)
-        with trio.CancelScope(shield=True):
-            await self._finish(live)
+
+    def _forget(self, live: LiveTurn) -> None:
+        live.finished.set()
+        if self.live.get(live.conversation_id) is live:
+            del self.live[live.conversation_id]
 
     async def _generate(self, live: LiveTurn) -> None:
         turn = live.turn
@@ -576,7 +655,8 @@ class TurnManager:
         turn = live.turn
         status = turn.message_status.value
         text = turn.text
-        for attempt in range(5):
+        stored = False
+        for attempt in range(12):  # about 40 s of retries: chat.done waits for the write
             try:
                 await self.svc.db.tx(
                     lambda c: store_messages.finish_message(
@@ -590,18 +670,36 @@ class TurnManager:
                         completion_tokens=turn.output_tokens,
                     )
                 )
+                stored = True
                 break
             except Exception:
                 log.warning("finish_write_failed", attempt=attempt, exc_info=True)
-                await trio.sleep(0.2 * (attempt + 1))
+                await trio.sleep(min(5.0, 0.25 * 2**attempt))
+        if not stored:
+            # chat.done only follows a stored end. The row stays "streaming": start-up
+            # recovery (single instance) ends it "interrupted"; resume delivers it then.
+            log.error("finish_not_stored", convId=live.conversation_id, messageId=live.message_id)
+            self._forget(live)
+            for lst in live.listeners:
+                lst.outbox.push_frame(
+                    encode_server_frame(
+                        ServerType.ERROR,
+                        ProtocolError(
+                            ErrorCode.SERVER_ERROR,
+                            "the reply could not be stored; resume the conversation later",
+                        ).to_data(),
+                        request_id=lst.request_id,
+                        trace_id=lst.trace_id,
+                    ),
+                    ServerType.ERROR,
+                )
+            return
         self.svc.metrics.turns.labels(status).inc()
         if live.error is not None and turn.chunks == 0:
             # Nothing reached the client: a retry with a new messageId must not be refused.
-            with contextlib.suppress(CacheUnavailable):
+            with contextlib.suppress(CacheError):
                 await self.svc.cache.delete(live.dup_key)
-        live.finished.set()
-        if self.live.get(live.conversation_id) is live:
-            del self.live[live.conversation_id]
+        self._forget(live)
         for lst in live.listeners:
             if live.error is not None:
                 err = live.error

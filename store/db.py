@@ -8,6 +8,7 @@ connection pool, so no more threads wait on the pool than it can serve.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,15 @@ T = TypeVar("T")
 def utcnow() -> dt.datetime:
     """Naive UTC now, the form every ``Time`` column holds."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+TX_ATTEMPTS = 3
+
+
+def _retryable(exc: sa.exc.OperationalError) -> bool:
+    orig = exc.orig
+    code = orig.args[0] if orig is not None and orig.args else None
+    return code in (1213, 1205) or "database is locked" in str(orig)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -49,6 +59,7 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             url,
+            hide_parameters=True,  # errors must not carry message text into the logs
             connect_args={"check_same_thread": False, "timeout": 10},
             pool_size=pool_size,
             max_overflow=0,
@@ -64,6 +75,7 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
         return engine
     return sa.create_engine(
         url,
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=True,
@@ -87,11 +99,22 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
 
     async def tx(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn(conn)`` in one transaction, in a worker thread."""
+        """Run ``fn(conn)`` in one transaction, in a worker thread.
+
+        A deadlock or lock-wait timeout (MariaDB 1213/1205, SQLite "database is locked")
+        rolls the transaction back; it is run again, up to 3 times.
+        """
 
         def work() -> T:
-            with self.engine.begin() as conn:
-                return fn(conn)
+            for attempt in range(TX_ATTEMPTS):
+                try:
+                    with self.engine.begin() as conn:
+                        return fn(conn)
+                except sa.exc.OperationalError as exc:
+                    if attempt + 1 == TX_ATTEMPTS or not _retryable(exc):
+                        raise
+                    time.sleep(0.02 * (attempt + 1))
+            raise AssertionError("unreachable")
 
         return await trio.to_thread.run_sync(work, limiter=self.limiter)
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from store.db import utcnow
 from store.records import MessageRecord
-from store.schema import conversations, messages
+from store.schema import conversations, messages, users
 
 __all__ = [
     "BeginOutcome",
@@ -42,6 +42,7 @@ class BeginOutcome(enum.Enum):
     CONFLICT = "conflict"  # same messageId, other content
     NOT_FOUND = "not_found"
     BUSY = "busy"  # a turn of this conversation is streaming
+    EXPIRED = "expired"  # the cache knew the messageId, the database no longer has it
     TOO_MANY = "too_many"  # the user has the maximum of turns streaming
 
 
@@ -100,8 +101,15 @@ def begin_turn(
     client_message_id: str,
     content: str,
     max_user_turns: int = 3,
+    must_exist: bool = False,
 ) -> BeginResult:
-    """Store a user message and an empty streaming assistant message, atomically."""
+    """Store a user message and an empty streaming assistant message, atomically.
+
+    ``must_exist``: the caller knows this messageId was sent before (cache); if the
+    database no longer has it (retention), nothing is generated again.
+    """
+    # Serialise one user's turn starts (the per-user count below must not race).
+    conn.execute(sa.select(users.c.id).where(users.c.id == user_id).with_for_update())
     conv = conn.execute(
         sa.select(conversations.c.id, conversations.c.last_seq)
         .where(
@@ -114,6 +122,8 @@ def begin_turn(
     if conv is None:
         return BeginResult(BeginOutcome.NOT_FOUND)
     seen = find_turn(conn, conversation_id=conversation_id, client_message_id=client_message_id)
+    if seen is None and must_exist:
+        return BeginResult(BeginOutcome.EXPIRED)
     if seen is not None:
         user_msg, assistant = seen
         if user_msg.content != content:

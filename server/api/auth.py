@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from typing import Any
 
+import trio
 from quart import Blueprint, Response, g, request
 from sqlalchemy.engine import Connection
 
@@ -33,7 +35,7 @@ from server.ws.hub import REVOKE_CHANNEL
 from store import sessions as sessions_repo
 from store import users as users_repo
 from store.audit import email_subject, record_event
-from store.cache import CacheUnavailable
+from store.cache import CacheError
 from store.db import utcnow
 from store.records import UserRecord
 from store.schema import refresh_history
@@ -79,15 +81,41 @@ async def revoke_sessions(svc: Services, session_ids: list[str]) -> None:
             pipe.set(deny_key(sid), b"1", ttl=ttl)
             pipe.publish(REVOKE_CHANNEL, sid)
         await pipe.execute()
-    except CacheUnavailable:
-        # The database still says revoked; authenticate() falls back to it.
-        pass
+    except CacheError:
+        # Kept in-process until the cache takes it (flush_pending_denies), and the database
+        # says revoked too: authenticate() falls back to it while the cache is down.
+        expiry = time.monotonic() + ttl
+        for sid in session_ids:
+            svc.pending_denies[sid] = expiry
+
+
+async def flush_pending_denies(svc: Services) -> None:
+    """Background: push revocations made while the cache was down, once it is back."""
+    while True:
+        await trio.sleep(1.0)
+        if not svc.pending_denies:
+            continue
+        now = time.monotonic()
+        for sid, expiry in list(svc.pending_denies.items()):
+            if expiry <= now:
+                del svc.pending_denies[sid]
+        pending = dict(svc.pending_denies)
+        try:
+            pipe = svc.cache.pipeline()
+            for sid, expiry in pending.items():
+                pipe.set(deny_key(sid), b"1", ttl=max(1.0, expiry - now))
+                pipe.publish(REVOKE_CHANNEL, sid)
+            await pipe.execute()
+        except CacheError:
+            continue
+        for sid in pending:
+            svc.pending_denies.pop(sid, None)
 
 
 async def _rate_limit(svc: Services, key: str, limit: int, window: int, what: str) -> None:
     try:
         allowed, retry_after = await svc.cache.hit_rate(key, limit, window)
-    except CacheUnavailable:
+    except CacheError:
         return  # fail open on limits rather than lock everyone out; logged by the caller
     if not allowed:
         raise ApiError(
@@ -189,21 +217,6 @@ async def guest() -> tuple[dict[str, Any], int]:
     return _token_answer(svc, user, sid, refresh), 201
 
 
-async def _login_counters_block(svc: Services, keys: list[tuple[str, int]]) -> None:
-    try:
-        values = await svc.cache.get_many([k for k, _ in keys])
-        for (key, limit), raw in zip(keys, values, strict=True):
-            if raw is not None and int(raw) >= limit:
-                ttl = await svc.cache.ttl(key)
-                raise ApiError(
-                    "RATE_LIMITED",
-                    "too many failed logins; retry later",
-                    retry_after=max(1.0, ttl or 1.0),
-                )
-    except CacheUnavailable:
-        return
-
-
 @bp.post("/auth/login")
 async def login() -> dict[str, Any]:
     svc = services()
@@ -212,17 +225,33 @@ async def login() -> dict[str, Any]:
     ip = client_ip()
     acct_key = f"lf:acct:{email_subject(body.email)}"
     ip_key = f"lf:ip:{ip}"
-    keys = [(acct_key, s.login_failures_per_account), (ip_key, s.login_failures_per_ip)]
-    await _login_counters_block(svc, keys)
+    window = s.login_failure_window_seconds
+    # Count the attempt before verifying it, atomically, so parallel guesses cannot slip
+    # past the limit while argon2 runs; a success takes its attempt back.
+    try:
+        acct_n = await svc.cache.incr(acct_key, ttl=window)
+        ip_n = await svc.cache.incr(ip_key, ttl=window)
+    except CacheError:
+        acct_n = ip_n = 0  # fail open: the limits need the cache
+    over = [
+        (k, n)
+        for k, n, lim in (
+            (acct_key, acct_n, s.login_failures_per_account),
+            (ip_key, ip_n, s.login_failures_per_ip),
+        )
+        if n > lim
+    ]
+    if over:
+        retry_after = 1.0
+        with contextlib.suppress(CacheError):
+            retry_after = max([await svc.cache.ttl(k) or 1.0 for k, _ in over])
+        raise ApiError(
+            "RATE_LIMITED", "too many failed logins; retry later", retry_after=max(1.0, retry_after)
+        )
     user = await svc.db.read(lambda c: users_repo.get_user_by_email(c, body.email))
     ok = await svc.passwords.verify(user.password_hash if user else None, body.password)
     if not ok or user is None:
         svc.metrics.login_failures.inc()
-        try:
-            await svc.cache.incr(acct_key, ttl=s.login_failure_window_seconds)
-            await svc.cache.incr(ip_key, ttl=s.login_failure_window_seconds)
-        except CacheUnavailable:
-            pass
         subject = user.id if user else email_subject(body.email)
         await svc.db.tx(
             lambda c: record_event(
@@ -230,8 +259,9 @@ async def login() -> dict[str, Any]:
             )
         )
         raise ApiError("INVALID_CREDENTIALS", "wrong email or password")
-    with contextlib.suppress(CacheUnavailable):
+    with contextlib.suppress(CacheError):
         await svc.cache.delete(acct_key)
+        await svc.cache.incr(ip_key, -1)
     sid, refresh = await _new_session(svc, user)
     return _token_answer(svc, user, sid, refresh)
 

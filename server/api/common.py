@@ -12,7 +12,7 @@ from quart import current_app, g, request
 from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
 from server.errors import ApiError
 from server.services import Services
-from store.cache import CacheUnavailable
+from store.cache import CacheError
 from store.db import utcnow
 
 __all__ = [
@@ -32,12 +32,22 @@ def services() -> Services:
     return current_app.config["PARLEY_SERVICES"]
 
 
+def forwarded_ip(header: str, remote_addr: str | None, *, trust_proxy: bool) -> str | None:
+    """The client address. Behind a trusted proxy, the rightmost ``X-Forwarded-For`` entry:
+    the one our proxy appended (entries to its left are whatever the client sent)."""
+    if trust_proxy and header:
+        last = header.rsplit(",", 1)[-1].strip()
+        if last:
+            return last[:45]
+    return (remote_addr or "")[:45] or None
+
+
 def client_ip() -> str | None:
-    if services().settings.trust_proxy_headers:
-        fwd = request.headers.get("X-Forwarded-For", "")
-        if fwd:
-            return fwd.split(",")[0].strip()[:45] or None
-    return (request.remote_addr or "")[:45] or None
+    return forwarded_ip(
+        request.headers.get("X-Forwarded-For", ""),
+        request.remote_addr,
+        trust_proxy=services().settings.trust_proxy_headers,
+    )
 
 
 def _describe(err: ValidationError) -> str:
@@ -83,10 +93,17 @@ def deny_key(session_id: str) -> str:
 
 
 async def is_session_denied(svc: Services, session_id: str) -> bool:
-    """Deny-list in the cache; if the cache is down, ask the database (slower, still right)."""
+    """Deny-list in the cache; if the cache is down, ask the database (slower, still right).
+
+    Revocations made here while the cache was down are also kept in-process until they
+    reach the cache (``Services.pending_denies``), so a cache that comes back empty does
+    not revive a revoked session on this instance.
+    """
+    if session_id in svc.pending_denies:
+        return True
     try:
         return await svc.cache.get(deny_key(session_id)) is not None
-    except CacheUnavailable:
+    except CacheError:
         from store.sessions import get_session
 
         sess = await svc.db.read(lambda c: get_session(c, session_id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, current_app, g, request
 
 from server.api.common import client_ip, parse_body, require_principal, services
 from server.api.schemas import (
@@ -127,6 +127,7 @@ async def delete(conversation_id: str) -> Response:
 
     if not await services().db.tx(work):
         raise ApiError("NOT_FOUND", "no such conversation")
+    current_app.config["PARLEY_TURNS"].cancel_conversation(cid)
     return Response(b"", status=204)
 
 

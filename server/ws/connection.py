@@ -29,7 +29,7 @@ from protocol.frames import (
     ServerType,
     format_timestamp,
 )
-from server.api.common import authenticate
+from server.api.common import authenticate, forwarded_ip
 from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
 from server.errors import ApiError
 from server.logging import get_logger
@@ -38,7 +38,7 @@ from server.turns import MAX_TURNS_PER_USER, Listener, TurnManager
 from server.ws.heartbeat import SCOPE_KEY, HeartbeatState
 from server.ws.hub import Hub
 from server.ws.outbox import Outbox
-from store.cache import CacheUnavailable
+from store.cache import CacheError
 from store.db import utcnow
 
 __all__ = ["WsConfig", "handle_websocket"]
@@ -78,7 +78,7 @@ class Connection:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         self.closing.set()
-        self.outbox.wake()
+        self.outbox.seal()
 
 
 def _origin_allowed(svc: Services, origin: str | None) -> bool:
@@ -88,11 +88,12 @@ def _origin_allowed(svc: Services, origin: str | None) -> bool:
 
 
 def _client_ip(svc: Services) -> str:
-    if svc.settings.trust_proxy_headers:
-        fwd = websocket.headers.get("X-Forwarded-For", "")
-        if fwd:
-            return fwd.split(",")[0].strip()[:45]
-    return (websocket.remote_addr or "")[:45]
+    ip = forwarded_ip(
+        websocket.headers.get("X-Forwarded-For", ""),
+        websocket.remote_addr,
+        trust_proxy=svc.settings.trust_proxy_headers,
+    )
+    return ip or ""
 
 
 async def handle_websocket(svc: Services, hub: Hub, turns: TurnManager, cfg: WsConfig) -> None:
@@ -108,7 +109,7 @@ async def handle_websocket(svc: Services, hub: Hub, turns: TurnManager, cfg: WsC
         allowed, _retry = await svc.cache.hit_rate(
             f"rl:wsup:{_client_ip(svc)}", svc.settings.ws_upgrades_per_ip_per_hour, 3600
         )
-    except CacheUnavailable:
+    except CacheError:
         allowed = True
     if not allowed:
         abort(429)
@@ -120,7 +121,12 @@ async def handle_websocket(svc: Services, hub: Hub, turns: TurnManager, cfg: WsC
         if not token:
             raise TokenInvalid("no bearer subprotocol")
         principal = await authenticate(svc, token)
-    except (TokenExpired, ApiError, TokenInvalid) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (TokenExpired, ApiError, TokenInvalid)):
+            log.exception("ws_auth_failed")
+            svc.metrics.ws_dropped.labels("server_error").inc()
+            await websocket.close(int(CloseCode.INTERNAL), "SERVER_ERROR")
+            return
         expired = isinstance(exc, TokenExpired) or (
             isinstance(exc, ApiError) and exc.code == "AUTH_EXPIRED"
         )
@@ -151,10 +157,16 @@ async def handle_websocket(svc: Services, hub: Hub, turns: TurnManager, cfg: WsC
     svc.metrics.ws_connections.inc()
     try:
         _push(conn, ServerType.SESSION_READY, _ready_data(svc, conn), None, new_trace_id())
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_writer, svc, conn, nursery.cancel_scope)
-            nursery.start_soon(_reader, svc, turns, conn, cfg)
-            nursery.start_soon(_heartbeat, svc, conn, cfg, nursery.cancel_scope)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_writer, svc, conn, nursery.cancel_scope)
+                nursery.start_soon(_reader, svc, turns, conn, cfg)
+                nursery.start_soon(_heartbeat, svc, conn, cfg, nursery.cancel_scope)
+        except Exception:
+            log.exception("ws_connection_failed", userId=conn.user_id, connectionId=conn.id)
+            svc.metrics.ws_dropped.labels("server_error").inc()
+            with trio.move_on_after(2):
+                await websocket.close(int(CloseCode.INTERNAL), "SERVER_ERROR")
     finally:
         hub.remove(conn)
         turns.detach(conn.outbox)
@@ -251,6 +263,10 @@ async def _reader(svc: Services, turns: TurnManager, conn: Connection, cfg: WsCo
             frame = parse_client_frame(raw)
         except ProtocolError as err:
             frames.labels("in", "invalid").inc()
+            if err.close_code is not None:  # over 64 KiB: no reply, close 1009
+                svc.metrics.ws_dropped.labels("frame_too_big").inc()
+                conn.close(int(err.close_code), err.code.value)
+                return
             _reply_error(svc, conn, err, new_trace_id())
             now = trio.current_time()
             conn.invalid_at.append(now)
@@ -272,6 +288,19 @@ async def _reader(svc: Services, turns: TurnManager, conn: Connection, cfg: WsCo
             if err.request_id is None:
                 err.request_id = frame.request_id
             _reply_error(svc, conn, err, trace_id)
+        except Exception:
+            # A fault of ours (database down, a bug): say so, keep the connection.
+            log.exception(
+                "ws_dispatch_failed", traceId=trace_id, userId=conn.user_id, type=frame.type.value
+            )
+            _reply_error(
+                svc,
+                conn,
+                ProtocolError(
+                    ErrorCode.SERVER_ERROR, "internal error; retry", request_id=frame.request_id
+                ),
+                trace_id,
+            )
 
 
 def _reply_error(svc: Services, conn: Connection, err: ProtocolError, trace_id: str) -> None:
@@ -323,7 +352,7 @@ async def _dispatch(
             allowed, retry_after = await svc.cache.hit_rate(
                 f"rl:send:{conn.user_id}", svc.settings.chat_sends_per_user_per_minute, 60
             )
-        except CacheUnavailable:
+        except CacheError:
             allowed, retry_after = True, 0.0
         if not allowed:
             raise ProtocolError(

@@ -64,4 +64,6 @@ class Hub:
                         self.close_session(message.decode(errors="replace"))
             except CacheError:
                 log.warning("revocation_feed_lost")
+            except Exception:
+                log.exception("revocation_feed_failed")
             await trio.sleep(1.0)

@@ -90,6 +90,11 @@ class Outbox:
     def wake(self) -> None:
         self._ready.set()
 
+    def seal(self) -> None:
+        """The connection is closing: deliver what is queued, accept nothing new."""
+        self.closed = True
+        self._ready.set()
+
     def drop_queued(self) -> None:
         """A consumer too slow to keep: forget what it has not read (it will resume)."""
         self.queue.clear()
@@ -97,6 +102,7 @@ class Outbox:
         self.over_since = None
 
     def close(self) -> None:
+        """The connection is gone: drop everything."""
         self.closed = True
         self.queue.clear()
         self._t0.clear()

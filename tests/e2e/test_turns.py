@@ -150,8 +150,7 @@ async def test_resume_replays_missing_messages_and_chunks(live: LiveServer) -> N
         await ws.recv_type("chat.ack")
         got = [await ws.recv_type("chat.stream") for _ in range(2)]
     held = got[-1]["data"]["chunk"]
-    # a new connection: the client holds seq 1 whole and chunks 0..held of seq 4? no: of the
-    # message after its last whole one. It holds message 2 whole? It does (first turn).
+    # a new connection: the client holds seqs 1-3 whole and chunks 0..held of seq 4
     async with connect(live.ws_url, token) as ws2:
         await ws2.send(
             "chat.resume",
@@ -213,3 +212,84 @@ async def test_three_turns_per_user_at_once(live: LiveServer) -> None:
             dones.add(d["data"]["conversationId"])
     assert dones == set(convs[:3])
     assert await rest.history(token, convs[3]) == []
+
+
+async def test_resuming_twice_never_doubles_frames(live: LiveServer) -> None:
+    rest, token, conv = await setup(live)
+    async with connect(live.ws_url, token) as ws:
+        await ws.send("chat.send", send_data(conv, SLOW + "once only"))
+        await ws.recv_type("chat.ack")
+        first = await ws.recv_type("chat.stream")
+        for rid in ("res-1", "res-2"):
+            await ws.send(
+                "chat.resume",
+                {"conversationId": conv, "lastMessageSeq": 1, "lastChunk": first["data"]["chunk"]},
+                request_id=rid,
+            )
+        frames = [first]
+        while True:
+            f = await ws.recv()
+            frames.append(f)
+            if f["type"] == "chat.done":
+                break
+    dones = [f for f in frames if f["type"] == "chat.done"]
+    assert len(dones) == 1 and dones[0]["requestId"] == "res-2"
+    # every chunk arrives once as a live frame (replays re-send a merged range, never a
+    # live frame twice)
+    live_chunks = [
+        f["data"]["chunk"]
+        for f in frames
+        if f["type"] == "chat.stream" and f["requestId"] == "res-2"
+    ]
+    assert live_chunks == sorted(set(live_chunks))
+    history = await rest.history(token, conv)
+    assert dones[0]["data"]["lastChunk"] + 1 == len(history[1]["content"].split())
+
+
+async def test_reset_with_live_turn_keeps_streaming(live: LiveServer) -> None:
+    _, token, conv = await setup(live)
+    async with connect(live.ws_url, token) as ws:
+        await ws.send("chat.send", send_data(conv, SLOW + "reset me"))
+        await ws.recv_type("chat.ack")
+    async with connect(live.ws_url, token) as ws2:
+        await ws2.send("chat.resume", {"conversationId": conv, "lastMessageSeq": 50})
+        resumed = await ws2.recv_type("chat.resumed")
+        assert resumed["data"] == {
+            "conversationId": conv,
+            "replayed": 0,
+            "live": True,
+            "reset": True,
+        }
+        done = await ws2.recv_type("chat.done")  # live frames follow the reset
+        assert done["data"]["status"] == "completed"
+
+
+async def test_deleting_the_conversation_cancels_its_turn(live: LiveServer) -> None:
+    rest, token, conv = await setup(live)
+    async with connect(live.ws_url, token) as ws:
+        await ws.send("chat.send", send_data(conv, SLOW + "delete me"))
+        await ws.recv_type("chat.stream")
+        r = await rest.call("DELETE", f"/api/v1/conversations/{conv}", token=token)
+        assert r.status_code == 204
+        done = await ws.recv_type("chat.done")
+    assert done["data"]["status"] == "cancelled"
+
+
+async def test_replay_expired_when_the_message_is_gone(live: LiveServer) -> None:
+    import sqlalchemy as sa
+
+    from store.schema import messages
+
+    rest, token, conv = await setup(live)
+    mid = str(uuid.uuid4())
+    async with connect(live.ws_url, token) as ws:
+        first = await ws.turn(conv, "remember me", message_id=mid)
+        assert first.done is not None
+        # retention removed the rows; the cache still knows the messageId
+        assert live.svc is not None
+        await live.svc.db.tx(
+            lambda c: c.execute(sa.delete(messages).where(messages.c.conversation_id == conv))
+        )
+        again = await ws.turn(conv, "remember me", message_id=mid)
+    assert again.errors[0]["data"]["code"] == "REPLAY_EXPIRED"
+    assert await rest.history(token, conv) == []  # nothing generated again

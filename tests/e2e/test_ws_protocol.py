@@ -115,11 +115,37 @@ async def test_ten_invalid_frames_in_a_minute_close_4509(live: LiveServer) -> No
 
 async def test_oversized_frame_closes_1009(live: LiveServer) -> None:
     _, _, token = await account(live)
+    # 64 KiB is counted in UTF-8 bytes: 30,000 three-byte characters are 90,000 bytes
+    for big in ("x" * (64 * 1024 + 1), "\u20ac" * 30_000):
+        async with connect(live.ws_url, token) as ws:
+            await ws.send_raw(big)
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.reason.code == 1009
+            assert closed.value.reason.reason == "PAYLOAD_TOO_LARGE"
+
+
+async def test_server_fault_before_ack_is_a_retryable_error(live: LiveServer) -> None:
+    rest, _, token = await account(live)
+    conv = await rest.conversation(token)
+    assert live.svc is not None
+    db = live.svc.db
+    real_tx = db.tx
+
+    async def broken_tx(fn: object) -> object:
+        raise RuntimeError("database unreachable (injected)")
+
     async with connect(live.ws_url, token) as ws:
-        await ws.send_raw("x" * (64 * 1024 + 1))
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-        assert closed.value.reason.code == 1009
+        db.tx = broken_tx  # type: ignore[method-assign]
+        try:
+            failed = await ws.turn(conv, "hello")
+        finally:
+            db.tx = real_tx  # type: ignore[method-assign]
+        err = failed.errors[0]["data"]
+        assert err["code"] == "SERVER_ERROR" and err["class"] == "SERVER" and err["retryable"]
+        ok = await ws.turn(conv, "hello again")  # same connection, still usable
+        assert ok.done is not None and ok.done["data"]["status"] == "completed"
+    assert len(await rest.history(token, conv)) == 2
 
 
 async def test_other_users_conversation_is_not_found(live: LiveServer) -> None:

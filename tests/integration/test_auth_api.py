@@ -303,3 +303,54 @@ async def test_delete_me(api: ApiClient) -> None:
     # the email is free again
     again = await api.register(acct.email)
     assert again.user["id"] != acct.user["id"]
+
+
+async def test_parallel_guesses_cannot_overshoot_the_limit(api: ApiClient) -> None:
+    import trio
+
+    acct = await api.register()
+    codes: list[int] = []
+
+    async def guess(i: int) -> None:
+        r = await api.call(
+            "POST",
+            f"{V1}/auth/login",
+            json={"email": acct.email, "password": f"wrong {i}"},
+            ip=f"10.8.{i}.{api.ip.rsplit('.', 1)[1]}",
+        )
+        codes.append(r.status)
+
+    async with trio.open_nursery() as n:
+        for i in range(12):
+            n.start_soon(guess, i)
+    assert codes.count(401) == 5 and codes.count(429) == 7
+
+
+async def test_revocation_survives_a_cache_outage(api: ApiClient) -> None:
+    import trio
+
+    from server.api.common import deny_key
+    from store.cache import CacheUnavailable
+
+    acct = await api.register()
+    cache = api.svc.cache
+    real_pipeline = cache.pipeline
+
+    def broken_pipeline() -> object:
+        raise CacheUnavailable("cache down (injected)")
+
+    cache.pipeline = broken_pipeline  # type: ignore[method-assign]
+    try:
+        r = await api.call("POST", f"{V1}/auth/logout", token=acct.access)
+        assert r.status == 204
+        r = await api.call("GET", f"{V1}/me", token=acct.access)
+        assert r.status == 401  # refused at once, although the deny-list write failed
+    finally:
+        cache.pipeline = real_pipeline  # type: ignore[method-assign]
+    sid = api.svc.keyring.verify(acct.access).sid
+    for _ in range(50):  # flushed within a few seconds once the cache is back
+        if await cache.get(deny_key(sid)) is not None:
+            break
+        await trio.sleep(0.1)
+    assert await cache.get(deny_key(sid)) is not None
+    assert sid not in api.svc.pending_denies
