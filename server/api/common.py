@@ -123,6 +123,22 @@ async def authenticate(svc: Services, token: str) -> Principal:
     return Principal(claims.sub, claims.sid, claims.kind, claims.role, claims)
 
 
+ACTIVITY_EVERY = 3600.0
+
+
+async def note_activity(svc: Services, user_id: str) -> None:
+    """Keep ``users.last_active_at`` fresh (guests expire after days without activity):
+    at most one write per user per hour, decided by the cache."""
+    try:
+        first = await svc.cache.set_if_absent(f"active:{user_id}", b"1", ttl=ACTIVITY_EVERY)
+    except CacheError:
+        return
+    if first:
+        from store.users import touch_user
+
+        await svc.db.tx(lambda c: touch_user(c, user_id))
+
+
 async def require_principal() -> Principal:
     cached = g.get("principal")
     if cached is not None:
@@ -131,6 +147,8 @@ async def require_principal() -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError("AUTH_INVALID", "missing bearer token")
-    principal = await authenticate(services(), token.strip())
+    svc = services()
+    principal = await authenticate(svc, token.strip())
     g.principal = principal
+    await note_activity(svc, principal.user_id)
     return principal

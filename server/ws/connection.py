@@ -29,7 +29,7 @@ from protocol.frames import (
     ServerType,
     format_timestamp,
 )
-from server.api.common import authenticate, forwarded_ip
+from server.api.common import authenticate, forwarded_ip, note_activity
 from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
 from server.errors import ApiError
 from server.logging import get_logger
@@ -155,6 +155,7 @@ async def handle_websocket(svc: Services, hub: Hub, turns: TurnManager, cfg: WsC
     )
     hub.add(conn)
     svc.metrics.ws_connections.inc()
+    await note_activity(svc, conn.user_id)
     try:
         _push(conn, ServerType.SESSION_READY, _ready_data(svc, conn), None, new_trace_id())
         try:
@@ -360,6 +361,7 @@ async def _dispatch(
                 "too many messages; slow down",
                 retry_after_ms=max(1, int(retry_after * 1000)),
             )
+        await note_activity(svc, conn.user_id)
         await turns.send(user_id=conn.user_id, data=data, listener=listener)
     elif type_ is ClientType.CHAT_CANCEL:
         assert isinstance(data, ChatCancel)

@@ -354,3 +354,24 @@ async def test_revocation_survives_a_cache_outage(api: ApiClient) -> None:
         await trio.sleep(0.1)
     assert await cache.get(deny_key(sid)) is not None
     assert sid not in api.svc.pending_denies
+
+
+async def test_activity_keeps_last_active_fresh(api: ApiClient) -> None:
+    import datetime as dt
+
+    g = await api.guest()
+    old = dt.datetime(2020, 1, 1)
+    await api.svc.db.tx(
+        lambda c: c.execute(
+            users.update().where(users.c.id == g.user["id"]).values(last_active_at=old)
+        )
+    )
+    await api.svc.cache.delete(f"active:{g.user['id']}")
+    r = await api.call("GET", f"{V1}/me", token=g.access)
+    assert r.status == 200
+    seen = await api.svc.db.read(
+        lambda c: c.execute(
+            sa.select(users.c.last_active_at).where(users.c.id == g.user["id"])
+        ).scalar_one()
+    )
+    assert seen > old
