@@ -156,14 +156,21 @@ ERRORS: Mapping[ErrorCode, ErrorSpec] = MappingProxyType(
             _U,
             True,
             "the language model did not answer in time",
-            "No first token within 20 s (before any token reached the client: "
-            "nothing stored). Retryable.",
+            "No first token within 20 s (after 2 retries), a gap over 30 s between "
+            "tokens, or over 180 s in all. Always after `chat.ack` (the ack is sent "
+            "before the upstream is called): the user message and a `failed` assistant "
+            "message (partial text kept) are stored, and `chat.done` `status: failed` "
+            "follows. Retryable under a new messageId (the same one replays the "
+            "failed answer).",
         ),
         ErrorCode.UPSTREAM_ERROR: ErrorSpec(
             _U,
             True,
             "the language model failed",
-            "The upstream answered with an error before the first token. Retryable.",
+            "The upstream failed, before or after the first token. Always after "
+            "`chat.ack`: the user message and a `failed` assistant message (partial "
+            "text kept) are stored, and `chat.done` `status: failed` follows. "
+            "Retryable under a new messageId (the same one replays the failed answer).",
         ),
         ErrorCode.UPSTREAM_UNAVAILABLE: ErrorSpec(
             _U,
@@ -183,7 +190,9 @@ ERRORS: Mapping[ErrorCode, ErrorSpec] = MappingProxyType(
             _S,
             True,
             "internal server error",
-            "An unexpected fault; nothing was stored for the request. Retryable.",
+            "An unexpected fault of the server. Before chat.ack nothing was stored; after it "
+            "the turn ended failed, or its end could not be stored yet (resume later). "
+            "Retryable.",
         ),
         ErrorCode.SERVER_DRAINING: ErrorSpec(
             _S,

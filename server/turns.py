@@ -552,8 +552,8 @@ class TurnManager:
                     deadline = 5.0 if self.svc.draining.is_set() else FINISH_DEADLINE
                     with trio.move_on_after(deadline):
                         await self._finish(live)
-                    if not live.finished.is_set():
-                        self._forget(live)
+                    if not live.finished.is_set():  # the write hung past the deadline
+                        self._unstored(live)
         except Exception:
             log.exception(
                 "turn_task_failed", convId=live.conversation_id, messageId=live.message_id
@@ -594,6 +594,26 @@ class TurnManager:
                 turn.finish(TurnState.FAILED, "error")
             elif live.cancel_requested:
                 turn.finish(TurnState.CANCELLED)
+
+    def _unstored(self, live: LiveTurn) -> None:
+        """The end could not be stored. chat.done only follows a stored end, so the
+        listeners get SERVER_ERROR instead; the row stays "streaming" until recovery
+        (single instance: the next start ends it "interrupted"; resume delivers it then)."""
+        log.error("finish_not_stored", convId=live.conversation_id, messageId=live.message_id)
+        self._forget(live)
+        for lst in live.listeners:
+            lst.outbox.push_frame(
+                encode_server_frame(
+                    ServerType.ERROR,
+                    ProtocolError(
+                        ErrorCode.SERVER_ERROR,
+                        "the reply could not be stored; resume the conversation later",
+                    ).to_data(),
+                    request_id=lst.request_id,
+                    trace_id=lst.trace_id,
+                ),
+                ServerType.ERROR,
+            )
 
     def _forget(self, live: LiveTurn) -> None:
         live.finished.set()
@@ -676,23 +696,7 @@ class TurnManager:
                 log.warning("finish_write_failed", attempt=attempt, exc_info=True)
                 await trio.sleep(min(5.0, 0.25 * 2**attempt))
         if not stored:
-            # chat.done only follows a stored end. The row stays "streaming": start-up
-            # recovery (single instance) ends it "interrupted"; resume delivers it then.
-            log.error("finish_not_stored", convId=live.conversation_id, messageId=live.message_id)
-            self._forget(live)
-            for lst in live.listeners:
-                lst.outbox.push_frame(
-                    encode_server_frame(
-                        ServerType.ERROR,
-                        ProtocolError(
-                            ErrorCode.SERVER_ERROR,
-                            "the reply could not be stored; resume the conversation later",
-                        ).to_data(),
-                        request_id=lst.request_id,
-                        trace_id=lst.trace_id,
-                    ),
-                    ServerType.ERROR,
-                )
+            self._unstored(live)
             return
         self.svc.metrics.turns.labels(status).inc()
         if live.error is not None and turn.chunks == 0:

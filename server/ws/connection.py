@@ -309,16 +309,31 @@ def _reply_error(svc: Services, conn: Connection, err: ProtocolError, trace_id: 
     conn.outbox.push_frame(encode_error(err, trace_id=trace_id), ServerType.ERROR)
 
 
-async def _check_session(svc: Services, conn: Connection) -> None:
-    """Every frame that starts work re-checks the deny-list (revocation within seconds)."""
+async def _check_session(
+    svc: Services, conn: Connection, request_id: str | None, trace_id: str
+) -> bool:
+    """Every frame that starts work re-checks the deny-list (revocation within seconds).
+
+    A revoked session or an expired token: the error goes out first, then the close.
+    """
     from server.api.common import is_session_denied
 
     if await is_session_denied(svc, conn.session_id):
-        conn.close(int(CloseCode.TOKEN_INVALID), close_reason(CloseCode.TOKEN_INVALID))
-        raise ProtocolError(ErrorCode.AUTH_INVALID, "session revoked")
-    if conn.claims.exp <= time.time():
-        conn.close(int(CloseCode.TOKEN_EXPIRED), close_reason(CloseCode.TOKEN_EXPIRED))
-        raise ProtocolError(ErrorCode.AUTH_EXPIRED, "access token expired")
+        err, code = (
+            ProtocolError(ErrorCode.AUTH_INVALID, "session revoked"),
+            CloseCode.TOKEN_INVALID,
+        )
+    elif conn.claims.exp <= time.time():
+        err, code = (
+            ProtocolError(ErrorCode.AUTH_EXPIRED, "access token expired; refresh it"),
+            CloseCode.TOKEN_EXPIRED,
+        )
+    else:
+        return True
+    err.request_id = request_id
+    _reply_error(svc, conn, err, trace_id)
+    conn.close(int(code), close_reason(code))
+    return False
 
 
 async def _dispatch(
@@ -345,7 +360,8 @@ async def _dispatch(
         conn.claims, conn.session_id = principal.claims, principal.session_id
         _push(conn, ServerType.SESSION_READY, _ready_data(svc, conn), request_id, trace_id)
         return
-    await _check_session(svc, conn)
+    if not await _check_session(svc, conn, request_id, trace_id):
+        return
     listener = Listener(conn.outbox, request_id, trace_id)
     if type_ is ClientType.CHAT_SEND:
         assert isinstance(data, ChatSend)
