@@ -62,6 +62,22 @@ def _redact_processor(
     return event
 
 
+class _StdoutLogger:
+    """One JSON line per event on the *current* stdout. Logging never raises into the
+    caller: a closed or broken stdout loses the line, not the request."""
+
+    def __init__(self, *_args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        try:
+            print(message, file=sys.stdout, flush=True)
+        except (OSError, ValueError):
+            pass
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
@@ -79,7 +95,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=_StdoutLogger,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=lvl, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
