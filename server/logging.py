@@ -6,6 +6,7 @@ Emails are masked to ``a***@example.com``; anything that looks like a token
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -70,10 +71,8 @@ class _StdoutLogger:
         pass
 
     def msg(self, message: str) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             print(message, file=sys.stdout, flush=True)
-        except (OSError, ValueError):
-            pass
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
