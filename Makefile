@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv lint typecheck pytest services bench clean
+.PHONY: run test venv lint typecheck pytest services bench bench-quick bench-redis clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Parley needs Python 3.11 (apt-get install python3)"; exit 1; }
@@ -39,7 +39,14 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider --cov --cov-report=term --cov-fail-under=93 -q
 
+## bench: every published figure (about 8 minutes); see benchmarks/README.md
 bench: $(STAMP) services
+	$(BIN)/python benchmarks/run.py --with-1000
+
+bench-quick: $(STAMP) services
+	$(BIN)/python benchmarks/run.py --quick --only smoke relay comparison dispatch idle
+
+bench-redis: $(STAMP) services
 	$(BIN)/python benchmarks/redis_clients.py
 
 clean:
