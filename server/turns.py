@@ -25,6 +25,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import ChatResume, ChatSend, ServerType, format_timestamp
 from protocol.resume import REPLAY_MAX_MESSAGES, InFlight, Reset, StoredRef, plan_resume
 from protocol.turn import Turn, TurnState
+from server.api.common import note_activity
 from server.llm.base import (
     ChatMessage,
     StreamEnd,
@@ -191,8 +192,8 @@ class TurnManager:
         dup_key = f"dup:{user_id}:{conv_id}:{hashlib.sha256(content.encode()).hexdigest()[:32]}"
         known: bytes | None = None
         try:
-            known = await cache.get(f"idem:{conv_id}:{client_id}")
-            if known is None and await cache.get(dup_key) is not None:
+            known, dup = await cache.get_many([f"idem:{conv_id}:{client_id}", dup_key])
+            if known is None and dup is not None:
                 raise ProtocolError(
                     ErrorCode.DUPLICATE_CONTENT,
                     "the same message was sent moments ago",
@@ -560,6 +561,8 @@ class TurnManager:
             )
 
     async def _remember_keys(self, live: LiveTurn) -> None:
+        with contextlib.suppress(Exception):  # bookkeeping: never fails a turn
+            await note_activity(self.svc, live.user_id)
         try:
             pipe = self.svc.cache.pipeline()
             pipe.set(

@@ -129,19 +129,15 @@ def begin_turn(
         if user_msg.content != content:
             return BeginResult(BeginOutcome.CONFLICT, user_msg, assistant)
         return BeginResult(BeginOutcome.DUPLICATE, user_msg, assistant)
-    busy = conn.execute(
-        sa.select(messages.c.id)
-        .where(messages.c.conversation_id == conversation_id, messages.c.status == STREAMING)
-        .limit(1)
-    ).first()
-    if busy is not None:
-        return BeginResult(BeginOutcome.BUSY)
+    # One query answers both: is this conversation busy, how many turns does the user run.
     streaming = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(messages)
-        .where(messages.c.user_id == user_id, messages.c.status == STREAMING)
-    ).scalar_one()
-    if streaming >= max_user_turns:
+        sa.select(messages.c.conversation_id).where(
+            messages.c.user_id == user_id, messages.c.status == STREAMING
+        )
+    ).all()
+    if any(row[0] == conversation_id for row in streaming):
+        return BeginResult(BeginOutcome.BUSY)
+    if len(streaming) >= max_user_turns:
         return BeginResult(BeginOutcome.TOO_MANY)
     now = utcnow()
     user_seq = conv.last_seq + 1
@@ -152,43 +148,45 @@ def begin_turn(
         "user_id": user_id,
         "created_at": now,
         "updated_at": now,
+        "finish_reason": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "chunk_count": 0,
+        "deleted_at": None,
     }
-    conn.execute(
-        messages.insert(),
-        [
-            {
-                **common,
-                "id": user_id_new,
-                "seq": user_seq,
-                "role": "user",
-                "content": content,
-                "status": "completed",
-                "client_message_id": client_message_id,
-                "parent_id": None,
-                "chunk_count": 0,
-            },
-            {
-                **common,
-                "id": assistant_id,
-                "seq": user_seq + 1,
-                "role": "assistant",
-                "content": "",
-                "status": STREAMING,
-                "client_message_id": None,
-                "parent_id": user_id_new,
-                "chunk_count": 0,
-            },
-        ],
-    )
+    rows = [
+        {
+            **common,
+            "id": user_id_new,
+            "seq": user_seq,
+            "role": "user",
+            "content": content,
+            "status": "completed",
+            "client_message_id": client_message_id,
+            "parent_id": None,
+        },
+        {
+            **common,
+            "id": assistant_id,
+            "seq": user_seq + 1,
+            "role": "assistant",
+            "content": "",
+            "status": STREAMING,
+            "client_message_id": None,
+            "parent_id": user_id_new,
+        },
+    ]
+    conn.execute(messages.insert(), rows)
     conn.execute(
         conversations.update()
         .where(conversations.c.id == conversation_id)
         .values(last_seq=user_seq + 1, updated_at=now)
     )
+    # The rows are exactly what was inserted: no read-back round trips.
     return BeginResult(
         BeginOutcome.STARTED,
-        get_message(conn, user_id_new),
-        get_message(conn, assistant_id),
+        MessageRecord(**rows[0]),
+        MessageRecord(**rows[1]),
         [*history, ("user", content)],
     )
 

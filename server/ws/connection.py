@@ -377,7 +377,6 @@ async def _dispatch(
                 "too many messages; slow down",
                 retry_after_ms=max(1, int(retry_after * 1000)),
             )
-        await note_activity(svc, conn.user_id)
         await turns.send(user_id=conn.user_id, data=data, listener=listener)
     elif type_ is ClientType.CHAT_CANCEL:
         assert isinstance(data, ChatCancel)
