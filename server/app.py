@@ -20,7 +20,7 @@ from server.logging import get_logger
 from server.services import Services
 from server.turns import TurnManager
 from server.ws import heartbeat
-from server.ws.connection import WsConfig, handle_websocket
+from server.ws.connection import WsConfig, handle_websocket, sweep_connections
 from server.ws.hub import Hub
 from store.messages import interrupt_streaming
 
@@ -145,7 +145,12 @@ def create_app(
     upstream = upstream or build_upstream(svc)
     turns = TurnManager(svc, upstream)
     hub = Hub()
-    ws_cfg = ws_config or WsConfig()
+    ws_cfg = ws_config or WsConfig(
+        coalesce_seconds=svc.settings.ws_coalesce_ms / 1000,
+        coalesce_min_streams=svc.settings.ws_coalesce_min_streams,
+        max_connections=svc.settings.ws_max_connections,
+        max_connections_per_user=svc.settings.ws_max_connections_per_user,
+    )
     app.config["PARLEY_TURNS"] = turns
     app.config["PARLEY_HUB"] = hub
     background = trio.CancelScope()
@@ -162,6 +167,7 @@ def create_app(
                 async with trio.open_nursery() as nursery:
                     await nursery.start(turns.run)
                     nursery.start_soon(hub.watch_revocations, svc.cache)
+                    nursery.start_soon(sweep_connections, svc, hub, ws_cfg)
                     nursery.start_soon(flush_pending_denies, svc)
         finally:
             background_done.set()

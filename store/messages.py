@@ -23,7 +23,7 @@ __all__ = [
     "BeginOutcome",
     "BeginResult",
     "begin_turn",
-    "checkpoint_message",
+    "checkpoint_many",
     "find_turn",
     "finish_message",
     "get_message",
@@ -141,7 +141,7 @@ def begin_turn(
         return BeginResult(BeginOutcome.TOO_MANY)
     now = utcnow()
     user_seq = conv.last_seq + 1
-    history = _history(conn, conversation_id, user_seq)
+    history = _history(conn, conversation_id, user_seq) if conv.last_seq else []
     user_id_new, assistant_id = str(uuid.uuid4()), str(uuid.uuid4())
     common = {
         "conversation_id": conversation_id,
@@ -191,16 +191,18 @@ def begin_turn(
     )
 
 
-def checkpoint_message(
-    conn: Connection, message_id: str, *, content: str, chunk_count: int
-) -> bool:
-    """Save the text so far of a streaming message (only while it is streaming)."""
-    res = conn.execute(
+def checkpoint_many(conn: Connection, items: list[tuple[str, str, int]]) -> None:
+    """Checkpoint several streaming messages in one transaction: ``(id, text, chunks)``."""
+    if not items:
+        return
+    conn.execute(
         messages.update()
-        .where(messages.c.id == message_id, messages.c.status == STREAMING)
-        .values(content=content, chunk_count=chunk_count, updated_at=utcnow())
+        .where(messages.c.id == sa.bindparam("mid"), messages.c.status == STREAMING)
+        .values(
+            content=sa.bindparam("text"), chunk_count=sa.bindparam("chunks"), updated_at=utcnow()
+        ),
+        [{"mid": mid, "text": text, "chunks": chunks} for mid, text, chunks in items],
     )
-    return res.rowcount == 1
 
 
 def finish_message(

@@ -80,6 +80,10 @@ class Outbox:
             self.over_since = None
         return frame, self._t0.popleft()
 
+    def head_t0(self) -> float | None:
+        """When the first delta of the frame at the head arrived (None: not a delta)."""
+        return self._t0[0] if self._t0 else None
+
     async def wait(self) -> None:
         """Until something is pushed (or :meth:`wake` is called)."""
         if self.queue:
