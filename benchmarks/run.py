@@ -492,17 +492,18 @@ def scenario_comparison(args: argparse.Namespace, workdir: Path) -> dict[str, An
     out: dict[str, Any] = {"streams": streams, "tokens": tokens, "tps": tps}
     with running_fake_upstream() as (fake_proc, fake_base):
         fake_root = fake_base[: -len("/v1")]
-        with parley_server(fake_base, "sqlite", workdir) as srv:
-            f0 = cpu_seconds(fake_proc.pid)
-            r = stream_run(srv, fake_root, workdir, clients=streams, tokens=tokens, tps=tps)
-            r["fake_upstream_cpu_s"] = round(cpu_seconds(fake_proc.pid) - f0, 3)
-            total_cpu = cpu_seconds(srv.pid)  # whole life of the process: startup + setup + run
-            r["server"]["cpu_s_whole_run"] = round(total_cpu, 3)
-            r["server"]["cpu_us_per_token_whole_run"] = (
-                round(total_cpu / r["tokens_relayed"] * 1e6, 1) if r["tokens_relayed"] else None
-            )
-            out["parley"] = r
-            _say("comparison parley: " + _brief(r))
+        for backend, key in (("sqlite", "parley"), ("mysql", "parley_mysql")):
+            with parley_server(fake_base, backend, workdir) as srv:
+                f0 = cpu_seconds(fake_proc.pid)
+                r = stream_run(srv, fake_root, workdir, clients=streams, tokens=tokens, tps=tps)
+                r["fake_upstream_cpu_s"] = round(cpu_seconds(fake_proc.pid) - f0, 3)
+                total_cpu = cpu_seconds(srv.pid)  # whole process life: startup + setup + run
+                r["server"]["cpu_s_whole_run"] = round(total_cpu, 3)
+                r["server"]["cpu_us_per_token_whole_run"] = (
+                    round(total_cpu / r["tokens_relayed"] * 1e6, 1) if r["tokens_relayed"] else None
+                )
+                out[key] = r
+                _say(f"comparison {key}: " + _brief(r))
         with floor_server(fake_base, workdir) as srv:
             f0 = cpu_seconds(fake_proc.pid)
             r = stream_run(srv, fake_root, workdir, clients=streams, tokens=tokens, tps=tps)
