@@ -16,6 +16,7 @@ from server.api.auth import flush_pending_denies
 from server.errors import REST_CODES, ApiError, error_body
 from server.llm import create_provider
 from server.llm.resilience import BreakerState, ResilientUpstream, UpstreamPolicy
+from server.load import LoadMonitor
 from server.logging import get_logger
 from server.services import Services
 from server.turns import TurnManager
@@ -145,9 +146,9 @@ def create_app(
     upstream = upstream or build_upstream(svc)
     turns = TurnManager(svc, upstream)
     hub = Hub()
+    load = LoadMonitor()
     ws_cfg = ws_config or WsConfig(
         coalesce_seconds=svc.settings.ws_coalesce_ms / 1000,
-        coalesce_min_streams=svc.settings.ws_coalesce_min_streams,
         max_connections=svc.settings.ws_max_connections,
         max_connections_per_user=svc.settings.ws_max_connections_per_user,
     )
@@ -157,7 +158,7 @@ def create_app(
 
     @app.websocket("/ws")
     async def _ws() -> None:
-        await handle_websocket(svc, hub, turns, ws_cfg)
+        await handle_websocket(svc, hub, turns, ws_cfg, load)
 
     background_done = trio.Event()
 
@@ -168,6 +169,7 @@ def create_app(
                     await nursery.start(turns.run)
                     nursery.start_soon(hub.watch_revocations, svc.cache)
                     nursery.start_soon(sweep_connections, svc, hub, ws_cfg)
+                    nursery.start_soon(load.run, svc.metrics.event_loop_lag_seconds.set)
                     nursery.start_soon(flush_pending_denies, svc)
         finally:
             background_done.set()

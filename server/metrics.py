@@ -64,6 +64,11 @@ class Metrics:
             "1 while the upstream circuit breaker is open",
             registry=r,
         )
+        self.event_loop_lag_seconds = Gauge(
+            "parley_event_loop_lag_seconds",
+            "How late the event loop wakes (smoothed)",
+            registry=r,
+        )
         self.login_failures = Counter("parley_login_failures", "Failed logins", registry=r)
 
     def render(self) -> bytes:

@@ -63,7 +63,6 @@ class Settings(BaseSettings):
     guest_inactivity_days: int = Field(7, ge=1)
 
     ws_coalesce_ms: float = Field(40.0, ge=0, le=1000)
-    ws_coalesce_min_streams: int = Field(32, ge=1)
     ws_max_connections: int = Field(10_000, ge=1)
     ws_max_connections_per_user: int = Field(10, ge=1)
 

@@ -32,6 +32,7 @@ from protocol.frames import (
 from server.api.common import authenticate, forwarded_ip, note_activity
 from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
 from server.errors import ApiError
+from server.load import LoadMonitor
 from server.logging import get_logger
 from server.services import Services
 from server.turns import MAX_TURNS_PER_USER, Listener, TurnManager
@@ -59,11 +60,10 @@ class WsConfig:
     max_connections_per_user: int = 10
     max_connections: int = 10_000
     drain_reconnect_ms: int = 1000
-    # Under load (this many turns streaming on the instance) a delta waits up to this long
-    # for the next ones of its message, so one frame carries several: frames, not tokens,
-    # are what costs CPU. 0 turns it off. A lone stream is never delayed.
+    # When the process is short of CPU (its event loop wakes late), a delta waits up to this
+    # long for the next ones of its message, so one frame carries several: frames, not
+    # tokens, are what costs CPU. 0 turns it off. A process with CPU to spare never waits.
     coalesce_seconds: float = 0.04
-    coalesce_min_streams: int = 32
 
 
 @dataclass(eq=False)
@@ -102,7 +102,9 @@ def _client_ip(svc: Services) -> str:
     return ip or ""
 
 
-async def handle_websocket(svc: Services, hub: Hub, turns: TurnManager, cfg: WsConfig) -> None:
+async def handle_websocket(
+    svc: Services, hub: Hub, turns: TurnManager, cfg: WsConfig, load: LoadMonitor
+) -> None:
     """The whole life of one WebSocket, from the HTTP upgrade to the close."""
     if svc.draining.is_set():
         abort(503)
@@ -167,7 +169,7 @@ async def handle_websocket(svc: Services, hub: Hub, turns: TurnManager, cfg: WsC
         _push(conn, ServerType.SESSION_READY, _ready_data(svc, conn), None, new_trace_id())
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_writer, svc, turns, conn, cfg, nursery.cancel_scope)
+                nursery.start_soon(_writer, svc, load, conn, cfg, nursery.cancel_scope)
                 nursery.start_soon(_reader, svc, turns, conn, cfg)
                 nursery.start_soon(_heartbeat, conn, nursery.cancel_scope)
         except Exception:
@@ -206,7 +208,7 @@ def _push(
 
 
 async def _writer(
-    svc: Services, turns: TurnManager, conn: Connection, cfg: WsConfig, scope: trio.CancelScope
+    svc: Services, load: LoadMonitor, conn: Connection, cfg: WsConfig, scope: trio.CancelScope
 ) -> None:
     """The only task that writes to the socket; performs the close once the queue is sent."""
     frames = svc.metrics.ws_frames
@@ -217,7 +219,7 @@ async def _writer(
     while True:
         if linger > 0 and not conn.closing.is_set():
             t0 = outbox.head_t0()
-            if t0 is not None and len(turns.live) >= cfg.coalesce_min_streams:
+            if t0 is not None and load.under_pressure:
                 wait = t0 + linger - time.perf_counter()
                 if wait > 0:
                     await trio.sleep(wait)
