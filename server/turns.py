@@ -53,6 +53,7 @@ IDEMPOTENCY_TTL = 24 * 3600
 DUPLICATE_WINDOW = 10.0
 FINISH_DEADLINE = 45.0  # longest a turn's final write may hold up its chat.done (or shutdown)
 MAX_TURNS_PER_USER = 3
+BEGIN_BATCH_MAX = 64  # turn starts per transaction when they arrive together
 
 
 class OutboxLike(Protocol):
@@ -166,6 +167,17 @@ def _done_data(
     }
 
 
+@dataclass(eq=False)
+class _PendingBegin:
+    request: store_messages.BeginRequest
+    listener: Listener
+    received_at: float
+    dup_key: str
+    done: trio.Event = field(default_factory=trio.Event)
+    result: store_messages.BeginResult | None = None
+    error: Exception | None = None
+
+
 class TurnManager:
     """Every live turn of this instance, and the rules of starting and ending one."""
 
@@ -173,6 +185,8 @@ class TurnManager:
         self.svc = svc
         self.upstream = upstream
         self.live: dict[str, LiveTurn] = {}
+        self._pending: list[_PendingBegin] = []
+        self._flushing = False
         self._nursery: trio.Nursery | None = None
         self.system_prompt = svc.settings.llm_system_prompt
 
@@ -217,17 +231,15 @@ class TurnManager:
                 request_id=listener.request_id,
                 retry_after_ms=max(1, int(breaker.retry_in() * 1000)),
             )
-        result = await self.svc.db.tx(
-            lambda c: store_messages.begin_turn(
-                c,
-                user_id=user_id,
-                conversation_id=conv_id,
-                client_message_id=client_id,
-                content=content,
-                max_user_turns=MAX_TURNS_PER_USER,
-                must_exist=known is not None,
-            )
+        pending = _PendingBegin(
+            store_messages.BeginRequest(
+                user_id, conv_id, client_id, content, must_exist=known is not None
+            ),
+            listener,
+            received_at,
+            dup_key,
         )
+        result = await self._begin(pending)
         outcome = result.outcome
         if outcome is store_messages.BeginOutcome.EXPIRED:
             raise ProtocolError(
@@ -263,24 +275,68 @@ class TurnManager:
         assert user_msg is not None
         if outcome is store_messages.BeginOutcome.DUPLICATE:
             await self._duplicate(conv_id, user_msg, assistant, listener)
-            return
-        assert assistant is not None
-        # The rows are committed: from here to start_soon nothing may await, or a cancelled
-        # reader would leave a streaming row that no task owns.
+        # STARTED: the flusher has acknowledged it and started its task already.
+
+    async def _begin(self, pending: _PendingBegin) -> store_messages.BeginResult:
+        """Queue a turn start; concurrent ones share a transaction (group commit)."""
+        self._pending.append(pending)
+        if not self._flushing:
+            self._flushing = True
+            assert self._nursery is not None, "TurnManager.run() is not running"
+            self._nursery.start_soon(self._flush_begins)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    async def _flush_begins(self) -> None:
+        """Start every queued turn, a batch per transaction, while any are queued. Runs in
+        the server-wide nursery: a started turn is handed to its task here, with no await
+        after the commit, so a requester that goes away cannot leave an ownerless row."""
+        try:
+            while self._pending:
+                batch = self._pending[:BEGIN_BATCH_MAX]
+                del self._pending[:BEGIN_BATCH_MAX]
+                requests = [p.request for p in batch]
+                try:
+                    results = await self.svc.db.tx(
+                        functools.partial(
+                            store_messages.begin_turns,
+                            requests=requests,
+                            max_user_turns=MAX_TURNS_PER_USER,
+                        )
+                    )
+                except Exception as exc:
+                    for p in batch:
+                        p.error = exc
+                        p.done.set()
+                    continue
+                for p, res in zip(batch, results, strict=True):
+                    p.result = res
+                    if res.outcome is store_messages.BeginOutcome.STARTED:
+                        self._start(p, res)
+                    p.done.set()
+        finally:
+            self._flushing = False
+
+    def _start(self, p: _PendingBegin, res: store_messages.BeginResult) -> None:
+        assert res.user_message is not None and res.assistant_message is not None
+        req = p.request
         live = LiveTurn(
-            conversation_id=conv_id,
-            user_id=user_id,
-            client_message_id=client_id,
-            user_message=user_msg,
-            assistant=assistant,
-            history=result.history,
-            received_at=received_at,
-            listeners=[listener],
-            dup_key=dup_key,
+            conversation_id=req.conversation_id,
+            user_id=req.user_id,
+            client_message_id=req.client_message_id,
+            user_message=res.user_message,
+            assistant=res.assistant_message,
+            history=res.history,
+            received_at=p.received_at,
+            listeners=[p.listener],
+            dup_key=p.dup_key,
         )
-        self.live[conv_id] = live
-        self._ack(live, listener, duplicate=False)
-        assert self._nursery is not None, "TurnManager.run() is not running"
+        self.live[req.conversation_id] = live
+        self._ack(live, p.listener, duplicate=False)
+        assert self._nursery is not None
         self._nursery.start_soon(self._turn_task, live)
 
     def _ack(self, live: LiveTurn, listener: Listener, *, duplicate: bool) -> None:
@@ -544,7 +600,9 @@ class TurnManager:
         """One turn, start to finish. Nothing escapes: the server-wide nursery must live on."""
         try:
             try:
-                await self._remember_keys(live)
+                # Bookkeeping runs beside the generation: the upstream request goes first.
+                assert self._nursery is not None
+                self._nursery.start_soon(self._remember_keys, live)
                 await self._generate_and_settle(live)
             finally:
                 # Also on shutdown (the nursery is cancelled): the turn still ends, stored as

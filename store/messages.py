@@ -21,8 +21,10 @@ from store.schema import conversations, messages, users
 
 __all__ = [
     "BeginOutcome",
+    "BeginRequest",
     "BeginResult",
     "begin_turn",
+    "begin_turns",
     "checkpoint_many",
     "find_turn",
     "finish_message",
@@ -93,6 +95,15 @@ def _history(conn: Connection, conversation_id: str, below_seq: int) -> list[tup
     return [(role, content) for role, content in out if content]
 
 
+@dataclass(frozen=True, slots=True)
+class BeginRequest:
+    user_id: str
+    conversation_id: str
+    client_message_id: str
+    content: str
+    must_exist: bool = False  # the cache knew this messageId (see begin_turns)
+
+
 def begin_turn(
     conn: Connection,
     *,
@@ -103,92 +114,158 @@ def begin_turn(
     max_user_turns: int = 3,
     must_exist: bool = False,
 ) -> BeginResult:
-    """Store a user message and an empty streaming assistant message, atomically.
+    """One turn start (see :func:`begin_turns`)."""
+    req = BeginRequest(user_id, conversation_id, client_message_id, content, must_exist)
+    return begin_turns(conn, [req], max_user_turns=max_user_turns)[0]
 
-    ``must_exist``: the caller knows this messageId was sent before (cache); if the
-    database no longer has it (retention), nothing is generated again.
+
+def begin_turns(
+    conn: Connection, requests: list[BeginRequest], *, max_user_turns: int = 3
+) -> list[BeginResult]:
+    """Start several turns in one transaction (group commit); one result per request, in order.
+
+    Each started turn stores a user message (``seq`` n+1) and an empty ``streaming``
+    assistant message (n+2). The users' and conversations' rows are locked first, so
+    sequence numbers never repeat or skip and the per-user count cannot race. Requests are
+    decided in order, each seeing the ones before it (a second send to the same
+    conversation in one batch is busy, or a duplicate of the first). ``must_exist``: the
+    caller knows the messageId was sent before; if the database no longer has it
+    (retention), nothing is generated again (``EXPIRED``). A handful of set-based queries
+    serve the whole batch.
     """
-    # Serialise one user's turn starts (the per-user count below must not race).
-    conn.execute(sa.select(users.c.id).where(users.c.id == user_id).with_for_update())
-    conv = conn.execute(
-        sa.select(conversations.c.id, conversations.c.last_seq)
-        .where(
-            conversations.c.id == conversation_id,
-            conversations.c.user_id == user_id,
-            conversations.c.deleted_at.is_(None),
+    if not requests:
+        return []
+    user_ids = sorted({r.user_id for r in requests})
+    conv_ids = sorted({r.conversation_id for r in requests})
+    conn.execute(sa.select(users.c.id).where(users.c.id.in_(user_ids)).with_for_update())
+    convs = {
+        row.id: row
+        for row in conn.execute(
+            sa.select(conversations.c.id, conversations.c.user_id, conversations.c.last_seq)
+            .where(conversations.c.id.in_(conv_ids), conversations.c.deleted_at.is_(None))
+            .with_for_update()
         )
-        .with_for_update()
-    ).first()
-    if conv is None:
-        return BeginResult(BeginOutcome.NOT_FOUND)
-    seen = find_turn(conn, conversation_id=conversation_id, client_message_id=client_message_id)
-    if seen is None and must_exist:
-        return BeginResult(BeginOutcome.EXPIRED)
-    if seen is not None:
-        user_msg, assistant = seen
-        if user_msg.content != content:
-            return BeginResult(BeginOutcome.CONFLICT, user_msg, assistant)
-        return BeginResult(BeginOutcome.DUPLICATE, user_msg, assistant)
-    # One query answers both: is this conversation busy, how many turns does the user run.
-    streaming = conn.execute(
-        sa.select(messages.c.conversation_id).where(
-            messages.c.user_id == user_id, messages.c.status == STREAMING
-        )
-    ).all()
-    if any(row[0] == conversation_id for row in streaming):
-        return BeginResult(BeginOutcome.BUSY)
-    if len(streaming) >= max_user_turns:
-        return BeginResult(BeginOutcome.TOO_MANY)
-    now = utcnow()
-    user_seq = conv.last_seq + 1
-    history = _history(conn, conversation_id, user_seq) if conv.last_seq else []
-    user_id_new, assistant_id = str(uuid.uuid4()), str(uuid.uuid4())
-    common = {
-        "conversation_id": conversation_id,
-        "user_id": user_id,
-        "created_at": now,
-        "updated_at": now,
-        "finish_reason": None,
-        "prompt_tokens": None,
-        "completion_tokens": None,
-        "chunk_count": 0,
-        "deleted_at": None,
     }
-    rows = [
-        {
+    last_seq = {cid: int(row.last_seq) for cid, row in convs.items()}
+    seen: dict[tuple[str, str], MessageRecord] = {
+        (m.conversation_id, str(m.client_message_id)): m
+        for m in (
+            MessageRecord.from_row(r)
+            for r in conn.execute(
+                sa.select(messages).where(
+                    messages.c.conversation_id.in_(conv_ids),
+                    messages.c.client_message_id.in_(
+                        sorted({r.client_message_id for r in requests})
+                    ),
+                )
+            )
+        )
+    }
+    answers: dict[str, MessageRecord] = {}
+    if seen:
+        for r in conn.execute(
+            sa.select(messages)
+            .where(messages.c.parent_id.in_([m.id for m in seen.values()]))
+            .order_by(messages.c.seq)
+        ):
+            rec = MessageRecord.from_row(r)
+            answers.setdefault(str(rec.parent_id), rec)
+    streaming: dict[str, set[str]] = {}  # user -> conversations with a streaming turn
+    for row in conn.execute(
+        sa.select(messages.c.user_id, messages.c.conversation_id).where(
+            messages.c.user_id.in_(user_ids), messages.c.status == STREAMING
+        )
+    ):
+        streaming.setdefault(row.user_id, set()).add(row.conversation_id)
+
+    now = utcnow()
+    results: list[BeginResult] = []
+    rows: list[dict[str, object]] = []
+    for req in requests:
+        conv = convs.get(req.conversation_id)
+        if conv is None or conv.user_id != req.user_id:
+            results.append(BeginResult(BeginOutcome.NOT_FOUND))
+            continue
+        key = (req.conversation_id, req.client_message_id)
+        prior = seen.get(key)
+        if prior is None and req.must_exist:
+            results.append(BeginResult(BeginOutcome.EXPIRED))
+            continue
+        if prior is not None:
+            outcome = (
+                BeginOutcome.CONFLICT if prior.content != req.content else BeginOutcome.DUPLICATE
+            )
+            results.append(BeginResult(outcome, prior, answers.get(prior.id)))
+            continue
+        busy = streaming.get(req.user_id, set())
+        if req.conversation_id in busy:
+            results.append(BeginResult(BeginOutcome.BUSY))
+            continue
+        if len(busy) >= max_user_turns:
+            results.append(BeginResult(BeginOutcome.TOO_MANY))
+            continue
+        user_seq = last_seq[req.conversation_id] + 1
+        history = _history(conn, req.conversation_id, user_seq) if user_seq > 1 else []
+        common: dict[str, object] = {
+            "conversation_id": req.conversation_id,
+            "user_id": req.user_id,
+            "created_at": now,
+            "updated_at": now,
+            "finish_reason": None,
+            "prompt_tokens": None,
+            "completion_tokens": None,
+            "chunk_count": 0,
+            "deleted_at": None,
+        }
+        user_row = {
             **common,
-            "id": user_id_new,
+            "id": str(uuid.uuid4()),
             "seq": user_seq,
             "role": "user",
-            "content": content,
+            "content": req.content,
             "status": "completed",
-            "client_message_id": client_message_id,
+            "client_message_id": req.client_message_id,
             "parent_id": None,
-        },
-        {
+        }
+        assistant_row = {
             **common,
-            "id": assistant_id,
+            "id": str(uuid.uuid4()),
             "seq": user_seq + 1,
             "role": "assistant",
             "content": "",
             "status": STREAMING,
             "client_message_id": None,
-            "parent_id": user_id_new,
-        },
-    ]
-    conn.execute(messages.insert(), rows)
-    conn.execute(
-        conversations.update()
-        .where(conversations.c.id == conversation_id)
-        .values(last_seq=user_seq + 1, updated_at=now)
-    )
-    # The rows are exactly what was inserted: no read-back round trips.
-    return BeginResult(
-        BeginOutcome.STARTED,
-        MessageRecord(**rows[0]),
-        MessageRecord(**rows[1]),
-        [*history, ("user", content)],
-    )
+            "parent_id": user_row["id"],
+        }
+        rows += [user_row, assistant_row]
+        user_rec, assistant_rec = MessageRecord(**user_row), MessageRecord(**assistant_row)  # type: ignore[arg-type]
+        # Later requests of this batch see this one.
+        last_seq[req.conversation_id] = user_seq + 1
+        seen[key] = user_rec
+        answers[user_rec.id] = assistant_rec
+        streaming.setdefault(req.user_id, set()).add(req.conversation_id)
+        results.append(
+            BeginResult(
+                BeginOutcome.STARTED, user_rec, assistant_rec, [*history, ("user", req.content)]
+            )
+        )
+    if rows:
+        conn.execute(messages.insert(), rows)
+        moved = {
+            cid: seq
+            for cid, seq in last_seq.items()
+            if cid in convs and seq != int(convs[cid].last_seq)
+        }
+        # One statement for the batch (an executemany is one round trip per row on MySQL).
+        conn.execute(
+            conversations.update()
+            .where(conversations.c.id.in_(sorted(moved)))
+            .values(
+                last_seq=sa.case(moved, value=conversations.c.id, else_=conversations.c.last_seq),
+                updated_at=now,
+            )
+        )
+    return results
 
 
 def checkpoint_many(conn: Connection, items: list[tuple[str, str, int]]) -> None:

@@ -1,0 +1,119 @@
+"""Turn starts in one transaction (group commit), on SQLite and on MariaDB."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from store import conversations as conv_repo
+from store import users as users_repo
+from store.db import create_db_engine
+from store.messages import BeginOutcome, BeginRequest, begin_turns
+from store.schema import conversations, messages
+
+BACKEND_URLS = ["sqlite_url", pytest.param("mysql_url", marks=pytest.mark.mysql)]
+
+
+@pytest.fixture(params=BACKEND_URLS)
+def engine(request: pytest.FixtureRequest) -> Iterator[sa.Engine]:
+    eng = create_db_engine(request.getfixturevalue(request.param), pool_size=1)
+    yield eng
+    eng.dispose()
+
+
+def setup_user(engine: sa.Engine, n_convs: int) -> tuple[str, list[str]]:
+    with engine.begin() as c:
+        user = users_repo.create_user(c, kind="guest")
+        convs = [
+            conv_repo.create_conversation(c, user_id=user.id, title="t").id for _ in range(n_convs)
+        ]
+    return user.id, convs
+
+
+def req(
+    user: str, conv: str, cid: str | None = None, content: str = "hi", must_exist: bool = False
+) -> BeginRequest:
+    return BeginRequest(user, conv, cid or str(uuid.uuid4()), content, must_exist)
+
+
+def run(engine: sa.Engine, requests: list[BeginRequest]) -> list[Any]:
+    with engine.begin() as c:
+        return begin_turns(c, requests)
+
+
+def test_batch_decides_each_request_in_order(engine: sa.Engine) -> None:
+    alice, (a1, a2, a3, a4) = setup_user(engine, 4)
+    bob, (b1,) = setup_user(engine, 1)
+    dup = str(uuid.uuid4())
+    results = run(
+        engine,
+        [
+            req(alice, a1, dup, "first"),
+            req(alice, a1),  # same conversation: busy behind the first
+            req(alice, a1, dup, "first"),  # same messageId in the batch: duplicate
+            req(alice, a1, dup, "other"),  # ... with other content: conflict
+            req(alice, a2),
+            req(alice, a3),
+            req(alice, a4),  # a fourth streaming turn for alice
+            req(bob, a1),  # not bob's conversation
+            req(bob, b1),
+            req(bob, b1, must_exist=True),  # the cache knew it, the database does not
+        ],
+    )
+    assert [r.outcome for r in results] == [
+        BeginOutcome.STARTED,
+        BeginOutcome.BUSY,
+        BeginOutcome.DUPLICATE,
+        BeginOutcome.CONFLICT,
+        BeginOutcome.STARTED,
+        BeginOutcome.STARTED,
+        BeginOutcome.TOO_MANY,
+        BeginOutcome.NOT_FOUND,
+        BeginOutcome.STARTED,
+        BeginOutcome.EXPIRED,
+    ]
+    first = results[0]
+    assert (first.user_message.seq, first.assistant_message.seq) == (1, 2)
+    assert results[2].assistant_message.id == first.assistant_message.id
+    assert first.history == [("user", "first")]
+    with engine.connect() as c:
+        rows = c.execute(
+            sa.select(
+                messages.c.conversation_id, messages.c.seq, messages.c.role, messages.c.status
+            )
+            .where(messages.c.user_id.in_([alice, bob]))
+            .order_by(messages.c.conversation_id, messages.c.seq)
+        ).all()
+        seqs = dict(
+            c.execute(
+                sa.select(conversations.c.id, conversations.c.last_seq).where(
+                    conversations.c.id.in_([a1, a2, a3, a4, b1])
+                )
+            ).all()
+        )
+    assert len(rows) == 8  # four turns started, two rows each
+    assert seqs == {a1: 2, a2: 2, a3: 2, a4: 0, b1: 2}
+    assert {r.status for r in rows if r.role == "assistant"} == {"streaming"}
+
+
+def test_next_turn_sees_history_and_numbers_on(engine: sa.Engine) -> None:
+    user, (conv,) = setup_user(engine, 1)
+    (first,) = run(engine, [req(user, conv, content="one")])
+    with engine.begin() as c:
+        c.execute(
+            messages.update()
+            .where(messages.c.id == first.assistant_message.id)
+            .values(status="completed", content="answer one")
+        )
+    (second,) = run(engine, [req(user, conv, content="two")])
+    assert second.outcome is BeginOutcome.STARTED
+    assert (second.user_message.seq, second.assistant_message.seq) == (3, 4)
+    assert second.history == [("user", "one"), ("assistant", "answer one"), ("user", "two")]
+
+
+def test_empty_batch(engine: sa.Engine) -> None:
+    assert run(engine, []) == []
