@@ -15,7 +15,7 @@ __all__ = ["LoadMonitor"]
 
 
 class LoadMonitor:
-    def __init__(self, *, threshold: float = 0.005, period: float = 0.05) -> None:
+    def __init__(self, *, threshold: float = 0.010, period: float = 0.05) -> None:
         self.threshold = threshold
         self.period = period
         self.lag = 0.0  # smoothed seconds late per wake-up

@@ -70,6 +70,7 @@ class OutboxLike(Protocol):
         request_id: str | None,
         trace_id: str,
         t0: float | None = None,
+        gap: float = 1.0,
     ) -> None: ...
 
 
@@ -109,6 +110,8 @@ class LiveTurn:
     error: ProtocolError | None = None
     saved_chunks: int = 0
     dup_key: str = ""
+    last_delta_at: float = 0.0
+    gap: float = 1.0  # smoothed seconds between deltas (the writers' coalescing reads it)
 
     def attach(self, listener: Listener) -> None:
         """Send this turn's frames to a connection; one listener per connection (the newest
@@ -585,6 +588,7 @@ class TurnManager:
                 request_id=lst.request_id,
                 trace_id=lst.trace_id,
                 t0=t0,
+                gap=live.gap,
             )
 
     def _upstream_messages(self, live: LiveTurn) -> list[ChatMessage]:
@@ -689,6 +693,9 @@ class TurnManager:
             async for event in events:
                 if isinstance(event, TokenDelta):
                     t0 = time.perf_counter()
+                    if live.last_delta_at:
+                        live.gap += 0.3 * (t0 - live.last_delta_at - live.gap)
+                    live.last_delta_at = t0
                     if turn.state is TurnState.PENDING:
                         turn.start_streaming()
                     result = turn.add_delta(event.text)

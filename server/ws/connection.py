@@ -217,10 +217,11 @@ async def _writer(
     outbox = conn.outbox
     linger = cfg.coalesce_seconds
     while True:
-        if linger > 0 and not conn.closing.is_set():
-            t0 = outbox.head_t0()
-            if t0 is not None and load.under_pressure:
-                wait = t0 + linger - time.perf_counter()
+        if linger > 0 and load.under_pressure and not conn.closing.is_set():
+            head = outbox.head_timing()
+            # Wait only for a message whose next delta is due within the window.
+            if head is not None and head[1] < linger:
+                wait = head[0] + linger - time.perf_counter()
                 if wait > 0:
                     await trio.sleep(wait)
         item = outbox.pop()

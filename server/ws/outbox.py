@@ -27,7 +27,8 @@ class Outbox:
         self.queue = OutboundQueue(max_frames=max_frames, max_bytes=max_bytes)
         # When each queued item's first delta came from upstream (None for other frames),
         # kept beside the queue: relay latency is measured from it when the frame is written.
-        self._t0: deque[float | None] = deque()
+        # and how far apart that message's deltas come (None for other frames)
+        self._t0: deque[tuple[float, float] | None] = deque()
         self._ready = trio.Event()
         self.closed = False
         self.over_since: float | None = None
@@ -55,6 +56,7 @@ class Outbox:
         request_id: str | None,
         trace_id: str,
         t0: float | None = None,
+        gap: float = 1.0,
     ) -> None:
         if self.closed:
             return
@@ -68,7 +70,7 @@ class Outbox:
             trace_id=trace_id,
         )
         if not merged:
-            self._t0.append(t0)
+            self._t0.append(None if t0 is None else (t0, gap))
         self._pushed()
 
     def pop(self) -> tuple[OutboundFrame, float | None] | None:
@@ -78,10 +80,12 @@ class Outbox:
             return None
         if self.over_since is not None and not self.queue.over_limit:
             self.over_since = None
-        return frame, self._t0.popleft()
+        head = self._t0.popleft()
+        return frame, None if head is None else head[0]
 
-    def head_t0(self) -> float | None:
-        """When the first delta of the frame at the head arrived (None: not a delta)."""
+    def head_timing(self) -> tuple[float, float] | None:
+        """For a delta frame at the head: when its first delta arrived, and the usual gap
+        between that message's deltas (None: the head is another frame, or none)."""
         return self._t0[0] if self._t0 else None
 
     async def wait(self) -> None:
