@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
 
 import orjson
 import trio
@@ -181,7 +180,7 @@ def create_app(
             n = await svc.db.tx(interrupt_streaming)
             if n:
                 log.warning("interrupted_leftover_turns", count=n)
-        await app.nursery.start(_run_background, _background)
+        app.nursery.start_soon(_background)
 
     @app.after_serving
     async def _close() -> None:
@@ -193,13 +192,6 @@ def create_app(
         await svc.aclose()
 
     return app
-
-
-async def _run_background(
-    fn: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    task_status.started()
-    await fn()
 
 
 def _class_of(code: str) -> str:

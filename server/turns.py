@@ -23,10 +23,11 @@ import trio
 
 from protocol.codec import encode_server_frame
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.frames import ChatResume, ChatSend, ServerType, format_timestamp
+from protocol.frames import ChatResume, ChatSend, ServerType
 from protocol.resume import REPLAY_MAX_MESSAGES, InFlight, Reset, StoredRef, plan_resume
 from protocol.turn import Turn, TurnState
 from server.api.common import note_activity
+from server.api.schemas import message_json
 from server.llm.base import (
     ChatMessage,
     StreamEnd,
@@ -42,7 +43,7 @@ from store import messages as store_messages
 from store.cache import CacheError
 from store.records import MessageRecord
 
-__all__ = ["Listener", "LiveTurn", "TurnManager", "UpstreamStream", "message_data"]
+__all__ = ["Listener", "LiveTurn", "TurnManager", "UpstreamStream"]
 
 log = get_logger("parley.turns")
 
@@ -128,17 +129,30 @@ class LiveTurn:
         return self.assistant.seq
 
 
-def message_data(m: MessageRecord) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "conversationId": m.conversation_id,
-        "seq": m.seq,
-        "role": m.role,
-        "content": m.content,
-        "status": m.status,
-        "finishReason": m.finish_reason,
-        "createdAt": format_timestamp(m.created_at),
-    }
+# Turn starts the database refused: the error each one answers (nothing was stored).
+_REFUSALS: dict[store_messages.BeginOutcome, tuple[ErrorCode, str, int | None]] = {
+    store_messages.BeginOutcome.EXPIRED: (
+        ErrorCode.REPLAY_EXPIRED,
+        "that message is no longer stored; nothing was generated again",
+        None,
+    ),
+    store_messages.BeginOutcome.NOT_FOUND: (ErrorCode.NOT_FOUND, "no such conversation", None),
+    store_messages.BeginOutcome.CONFLICT: (
+        ErrorCode.IDEMPOTENCY_CONFLICT,
+        "this messageId was used with other content",
+        None,
+    ),
+    store_messages.BeginOutcome.BUSY: (
+        ErrorCode.CONVERSATION_BUSY,
+        "a reply is still streaming in this conversation",
+        1000,
+    ),
+    store_messages.BeginOutcome.TOO_MANY: (
+        ErrorCode.CONVERSATION_BUSY,
+        f"at most {MAX_TURNS_PER_USER} replies may stream at once per user",
+        1000,
+    ),
+}
 
 
 def _upstream_code(exc: UpstreamError) -> ErrorCode:
@@ -244,35 +258,11 @@ class TurnManager:
         )
         result = await self._begin(pending)
         outcome = result.outcome
-        if outcome is store_messages.BeginOutcome.EXPIRED:
+        refusal = _REFUSALS.get(outcome)
+        if refusal is not None:
+            code, message, retry_after_ms = refusal
             raise ProtocolError(
-                ErrorCode.REPLAY_EXPIRED,
-                "that message is no longer stored; nothing was generated again",
-                request_id=listener.request_id,
-            )
-        if outcome is store_messages.BeginOutcome.NOT_FOUND:
-            raise ProtocolError(
-                ErrorCode.NOT_FOUND, "no such conversation", request_id=listener.request_id
-            )
-        if outcome is store_messages.BeginOutcome.CONFLICT:
-            raise ProtocolError(
-                ErrorCode.IDEMPOTENCY_CONFLICT,
-                "this messageId was used with other content",
-                request_id=listener.request_id,
-            )
-        if outcome is store_messages.BeginOutcome.BUSY:
-            raise ProtocolError(
-                ErrorCode.CONVERSATION_BUSY,
-                "a reply is still streaming in this conversation",
-                request_id=listener.request_id,
-                retry_after_ms=1000,
-            )
-        if outcome is store_messages.BeginOutcome.TOO_MANY:
-            raise ProtocolError(
-                ErrorCode.CONVERSATION_BUSY,
-                f"at most {MAX_TURNS_PER_USER} replies may stream at once per user",
-                request_id=listener.request_id,
-                retry_after_ms=1000,
+                code, message, request_id=listener.request_id, retry_after_ms=retry_after_ms
             )
         user_msg, assistant = result.user_message, result.assistant_message
         assert user_msg is not None
@@ -512,7 +502,7 @@ class TurnManager:
             listener.outbox.push_frame(
                 encode_server_frame(
                     ServerType.CHAT_MESSAGE,
-                    message_data(m),
+                    message_json(m),
                     request_id=listener.request_id,
                     trace_id=listener.trace_id,
                 ),

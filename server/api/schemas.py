@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, EmailStr, StringConstraints, field_validator
 
+from protocol.frames import format_timestamp
 from store.records import ConversationRecord, MessageRecord, SessionRecord, UserRecord
 
 __all__ = [
@@ -73,9 +74,8 @@ class RenameConversation(Strict):
 
 
 def iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    """The one time format of REST and WebSocket alike (UTC, milliseconds, ``Z``)."""
+    return None if value is None else format_timestamp(value)
 
 
 def user_json(u: UserRecord) -> dict[str, Any]:
@@ -112,6 +112,7 @@ def conversation_json(c: ConversationRecord) -> dict[str, Any]:
 
 
 def message_json(m: MessageRecord) -> dict[str, Any]:
+    """A ``Message``: REST history and the WebSocket ``chat.message`` frame alike."""
     return {
         "id": m.id,
         "conversationId": m.conversation_id,
