@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from server.api.auth import flush_pending_denies
+from server.drain import drain
 from server.errors import REST_CODES, ApiError, error_body
 from server.llm import create_provider
 from server.llm.resilience import BreakerState, ResilientUpstream, UpstreamPolicy
@@ -153,6 +154,17 @@ def create_app(
     )
     app.config["PARLEY_TURNS"] = turns
     app.config["PARLEY_HUB"] = hub
+
+    async def _drain() -> None:
+        await drain(
+            svc,
+            hub,
+            turns,
+            grace=svc.settings.drain_seconds,
+            reconnect_after_ms=ws_cfg.drain_reconnect_ms,
+        )
+
+    app.config["PARLEY_DRAIN"] = _drain
     background = trio.CancelScope()
 
     @app.websocket("/ws")

@@ -27,7 +27,7 @@ def hypercorn_config(settings: Settings, sock: socket.socket | None = None) -> C
     )
     cfg.worker_class = "trio"
     cfg.accesslog = None
-    cfg.graceful_timeout = 5.0
+    cfg.graceful_timeout = 3.0  # after our own drain (server/drain.py); exit within 30 s
     cfg.websocket_ping_interval = 25.0
     # Hypercorn counts characters; the server checks the 64 KiB (UTF-8 bytes) bound itself
     # and closes 1009 with a reason. 4 x 64 Ki characters covers every UTF-8 frame of 64 KiB.
@@ -76,7 +76,8 @@ def serve(settings: Settings) -> int:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     log.info("shutdown_requested")
-                    svc.draining.set()
+                    with trio.move_on_after(settings.drain_seconds + 6):
+                        await app.config["PARLEY_DRAIN"]()
                     stop.set()
                     return
 

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     guest_refresh_token_ttl_seconds: int = Field(7 * 86_400, ge=60)
     guest_inactivity_days: int = Field(7, ge=1)
 
+    drain_seconds: float = Field(20.0, ge=0, le=25)
     ws_coalesce_ms: float = Field(40.0, ge=0, le=1000)
     ws_max_connections: int = Field(10_000, ge=1)
     ws_max_connections_per_user: int = Field(10, ge=1)

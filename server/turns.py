@@ -553,6 +553,12 @@ class TurnManager:
         live.cancel_scope.cancel()
         return True
 
+    def interrupt_all(self) -> int:
+        """Drain: cut every turn still running; each ends ``interrupted``, text stored."""
+        for live in self.live.values():
+            live.cancel_scope.cancel()
+        return len(self.live)
+
     def cancel_conversation(self, conversation_id: str) -> None:
         """The conversation was deleted: stop its turn (it ends cancelled)."""
         live = self.live.get(conversation_id)

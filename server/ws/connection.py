@@ -306,7 +306,9 @@ async def _reader(svc: Services, turns: TurnManager, conn: Connection, cfg: WsCo
         frames.labels("in", frame.type.value).inc()
         trace_id = frame.trace_id or new_trace_id()
         try:
-            await _dispatch(svc, turns, conn, frame.type, frame.data, frame.request_id, trace_id)
+            await _dispatch(
+                svc, turns, conn, cfg, frame.type, frame.data, frame.request_id, trace_id
+            )
         except ProtocolError as err:
             if err.request_id is None:
                 err.request_id = frame.request_id
@@ -362,6 +364,7 @@ async def _dispatch(
     svc: Services,
     turns: TurnManager,
     conn: Connection,
+    cfg: WsConfig,
     type_: ClientType,
     data: Any,
     request_id: str | None,
@@ -384,6 +387,12 @@ async def _dispatch(
         return
     if not await _check_session(svc, conn, request_id, trace_id):
         return
+    if type_ is ClientType.CHAT_SEND and svc.draining.is_set():
+        raise ProtocolError(
+            ErrorCode.SERVER_DRAINING,
+            "this server is restarting; reconnect and send again",
+            retry_after_ms=cfg.drain_reconnect_ms,
+        )
     listener = Listener(conn.outbox, request_id, trace_id)
     if type_ is ClientType.CHAT_SEND:
         assert isinstance(data, ChatSend)

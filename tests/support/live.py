@@ -38,6 +38,7 @@ class LiveServer:
     _stop: trio.Event | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
     _error: BaseException | None = None
+    _drain: Any = None
 
     @property
     def http_url(self) -> str:
@@ -57,6 +58,7 @@ class LiveServer:
             self._stop = trio.Event()
             self.svc = build_services(self.settings, passwords=self.passwords)
             app = create_app(self.svc, upstream=self.upstream, ws_config=self.ws_config)
+            self._drain = app.config["PARLEY_DRAIN"]
             cfg = hypercorn_config(self.settings, sock)
             cfg.graceful_timeout = 1.0
             cfg.websocket_ping_interval = self.ws_config.ping_interval
@@ -81,6 +83,11 @@ class LiveServer:
         """Run a sync function inside the server's trio thread."""
         assert self._token is not None
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
+    def drain(self) -> None:
+        """Run the SIGTERM drain sequence inside the server (blocking; call from a thread)."""
+        assert self._token is not None
+        trio.from_thread.run(self._drain, trio_token=self._token)
 
     def stop(self) -> None:
         if self._token is not None and self._stop is not None:
