@@ -5,7 +5,7 @@ count and time. Results go to ``benchmarks/results/<scenario>.json`` (each with
 the exact command that reproduces it) and plots to ``benchmarks/results/*.png``.
 
     python benchmarks/run.py --quick                  # ~1-2 min, small loads
-    python benchmarks/run.py                          # the published set (about 7 minutes; +3 with --with-1000)
+    python benchmarks/run.py                          # published set (~7 min; +3 with --with-1000)
     python benchmarks/run.py --only comparison relay  # some scenarios
     python benchmarks/run.py --quick --only smoke --results-dir /tmp/x  # what the test runs
 
