@@ -24,6 +24,13 @@ if ! mysqladmin --protocol=tcp -h127.0.0.1 -uroot ping >/dev/null 2>&1; then
 fi
 mysqladmin --protocol=tcp -h127.0.0.1 -uroot ping >/dev/null \
   || { echo "services: MariaDB is not answering on 127.0.0.1:3306" >&2; exit 1; }
+# A fresh Debian install lets root in only over the unix socket; the tests connect over TCP
+# as root without a password. Add that account for 127.0.0.1 only, and only when missing.
+if ! mysql --protocol=tcp -h127.0.0.1 -uroot -e 'SELECT 1' >/dev/null 2>&1; then
+  echo "services: allowing root without a password over TCP from 127.0.0.1 (tests)"
+  mysql -uroot -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+    GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; FLUSH PRIVILEGES;"
+fi
 
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "services: starting Redis"
