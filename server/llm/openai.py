@@ -167,7 +167,7 @@ class OpenAIProvider:
                 payload = decoder.feed(line)
                 if payload is None:
                     continue
-                for event in parser.feed(payload):
+                for event in parser.feed(payload, decoder.parsed):
                     yield event
                 if parser.done:
                     return

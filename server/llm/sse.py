@@ -6,8 +6,9 @@ fields. `ChunkParser` turns those payloads into `TokenDelta` / `StreamEnd`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from .base import StreamEnd, StreamEvent, TokenDelta, UpstreamError, Usage
 
@@ -16,14 +17,15 @@ __all__ = ["DONE", "ChunkParser", "SSEDecoder"]
 DONE = "[DONE]"
 
 
-def _complete(payload: str) -> bool:
-    if payload == DONE:
-        return True
+_UNPARSED: Any = object()
+
+
+def _parse(payload: str) -> Any:
+    """The payload's JSON value, or ``_UNPARSED`` if it is not (yet) complete JSON."""
     try:
-        json.loads(payload)
+        return orjson.loads(payload)
     except ValueError:
-        return False
-    return True
+        return _UNPARSED
 
 
 class SSEDecoder:
@@ -38,6 +40,9 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._data: list[str] = []
+        # The JSON value of the payload `feed` just returned, when it already parsed it (so
+        # each token's JSON is parsed once, not twice); `_UNPARSED` otherwise.
+        self.parsed: Any = _UNPARSED
 
     def feed(self, line: str) -> str | None:
         """Feed one line (without its line ending); returns a payload or None."""
@@ -55,12 +60,15 @@ class SSEDecoder:
             return None
         self._data.append(value)
         payload = "\n".join(self._data)
-        if _complete(payload):
+        parsed = _UNPARSED if payload == DONE else _parse(payload)
+        if payload == DONE or parsed is not _UNPARSED:
             self._data.clear()
+            self.parsed = parsed
             return payload
         return None
 
     def _dispatch(self) -> str | None:
+        self.parsed = _UNPARSED
         if not self._data:
             return None
         payload = "\n".join(self._data)
@@ -102,18 +110,21 @@ class ChunkParser:
         self.usage: Usage | None = None
         self.done = False
 
-    def feed(self, payload: str) -> list[StreamEvent]:
+    def feed(self, payload: str, parsed: Any = _UNPARSED) -> list[StreamEvent]:
+        """One payload; ``parsed`` is its JSON value when the caller has it already."""
         if self.done:
             return []
         if payload == DONE:
             self.done = True
             return [StreamEnd(self.finish_reason, self.usage)]
-        try:
-            obj = json.loads(payload)
-        except ValueError as exc:
-            raise UpstreamError(
-                f"upstream sent invalid JSON in stream: {payload[:200]!r}", retryable=True
-            ) from exc
+        obj = parsed
+        if obj is _UNPARSED:
+            try:
+                obj = orjson.loads(payload)
+            except ValueError as exc:
+                raise UpstreamError(
+                    f"upstream sent invalid JSON in stream: {payload[:200]!r}", retryable=True
+                ) from exc
         if not isinstance(obj, dict):
             raise UpstreamError("upstream sent a non-object chunk", retryable=True)
         if "error" in obj or obj.get("object") == "error":
