@@ -254,3 +254,40 @@ async def test_chat_send_rate_limit_per_user(live: LiveServer) -> None:
     err = limited.errors[0]["data"]
     assert err["code"] == "RATE_LIMITED" and err["class"] == "RLIMIT"
     assert err["retryable"] is True and 0 < err["retryAfterMs"] <= 60_000
+
+
+async def test_revoked_session_frame_gets_error_then_4500(live: LiveServer) -> None:
+    """The deny-list check on a frame that starts work (not the pub/sub close): the error
+    comes first, then the close."""
+    from server.api.common import deny_key
+
+    rest, _, token = await account(live)
+    conv = await rest.conversation(token)
+    assert live.svc is not None
+    sid = live.svc.keyring.verify(token).sid
+    async with connect(live.ws_url, token) as ws:
+        # deny-listed without the revocation broadcast
+        await trio.to_thread.run_sync(live.run_async, live.svc.cache.set, deny_key(sid), b"1", 60.0)
+        await ws.send(
+            "chat.send",
+            {"conversationId": conv, "messageId": str(uuid.uuid4()), "content": "still here?"},
+            request_id="late",
+        )
+        err = await ws.recv()
+        assert err["type"] == "error" and err["requestId"] == "late"
+        assert err["data"]["code"] == "AUTH_INVALID"
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.reason.code == 4500
+    import sqlalchemy as sa
+
+    from store.schema import messages
+
+    stored = await live.svc.db.read(
+        lambda c: c.execute(
+            sa.select(sa.func.count())
+            .select_from(messages)
+            .where(messages.c.conversation_id == conv)
+        ).scalar_one()
+    )
+    assert stored == 0  # nothing started for a revoked session

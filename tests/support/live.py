@@ -84,6 +84,11 @@ class LiveServer:
         assert self._token is not None
         return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
 
+    def run_async(self, fn: Any, *args: Any) -> Any:
+        """Run an async function inside the server's trio thread (blocking; from a thread)."""
+        assert self._token is not None
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
     def drain(self) -> None:
         """Run the SIGTERM drain sequence inside the server (blocking; call from a thread)."""
         assert self._token is not None
