@@ -38,7 +38,7 @@ from server.services import Services
 from server.turns import MAX_TURNS_PER_USER, Listener, TurnManager
 from server.ws.heartbeat import SCOPE_KEY, HeartbeatState
 from server.ws.hub import Hub
-from server.ws.outbox import Outbox
+from server.ws.outbox import MAX_OUTBOX_BYTES, MAX_OUTBOX_FRAMES, Outbox
 from store.cache import CacheError
 from store.db import utcnow
 
@@ -54,7 +54,9 @@ BEARER_PREFIX = "bearer."
 class WsConfig:
     ping_interval: float = 25.0
     pong_timeout: float = 10.0
-    stall_timeout: float = 10.0
+    stall_timeout: float = 10.0  # past the outbox bound this long: close 4008
+    outbox_max_bytes: int = MAX_OUTBOX_BYTES
+    outbox_max_frames: int = MAX_OUTBOX_FRAMES
     invalid_frames_limit: int = 10
     invalid_frames_window: float = 60.0
     max_connections_per_user: int = 10
@@ -161,6 +163,7 @@ async def handle_websocket(
         session_id=principal.session_id,
         claims=principal.claims,
         heartbeat=websocket.scope.get(SCOPE_KEY),  # type: ignore[arg-type]
+        outbox=Outbox(max_frames=cfg.outbox_max_frames, max_bytes=cfg.outbox_max_bytes),
     )
     hub.add(conn)
     svc.metrics.ws_connections.inc()
