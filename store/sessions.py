@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -27,6 +28,7 @@ __all__ = [
     "revoke_all_sessions",
     "revoke_session",
     "rotate_refresh",
+    "swap_refresh",
 ]
 
 
@@ -106,6 +108,36 @@ def revoke_all_sessions(conn: Connection, user_id: str, *, reason: str) -> list[
     return ids
 
 
+def swap_refresh(
+    conn: Connection, sess: SessionRecord, *, new_hash: str, ttl: dt.timedelta
+) -> bool:
+    """Replace the session's refresh hash (compare-and-swap on the one we read) and keep the
+    old one in ``refresh_history``, so presenting it again is reuse. False if it changed."""
+    now = utcnow()
+    res = conn.execute(
+        sessions.update()
+        .where(
+            sessions.c.id == sess.id,
+            sessions.c.refresh_hash == sess.refresh_hash,
+            sessions.c.revoked_at.is_(None),
+        )
+        .values(
+            refresh_hash=new_hash,
+            rotation_counter=sessions.c.rotation_counter + 1,
+            last_used_at=now,
+            expires_at=now + ttl,
+        )
+    )
+    if res.rowcount != 1:
+        return False
+    conn.execute(
+        refresh_history.insert().values(
+            token_hash=sess.refresh_hash, session_id=sess.id, user_id=sess.user_id, rotated_at=now
+        )
+    )
+    return True
+
+
 class RefreshOutcome(enum.Enum):
     ROTATED = "rotated"
     REUSED = "reused"  # a rotated-away token came back: the session is now revoked
@@ -119,9 +151,17 @@ class RefreshResult:
 
 
 def rotate_refresh(
-    conn: Connection, *, old_hash: str, new_hash: str, ttl: dt.timedelta
+    conn: Connection,
+    *,
+    old_hash: str,
+    new_hash: str,
+    ttl_for: Callable[[SessionRecord], dt.timedelta | None],
 ) -> RefreshResult:
-    """Swap the session's refresh hash; detect reuse of an already rotated token."""
+    """Swap the session's refresh hash; detect reuse of an already rotated token.
+
+    ``ttl_for(session)`` gives the renewed lifetime (it depends on the owner), or None
+    when the session may not be renewed (its owner is gone): then the token is invalid.
+    """
     now = utcnow()
     row = conn.execute(sa.select(sessions).where(sessions.c.refresh_hash == old_hash)).first()
     if row is None:
@@ -135,27 +175,11 @@ def rotate_refresh(
     sess = SessionRecord.from_row(row)
     if sess.revoked_at is not None or sess.expires_at <= now:
         return RefreshResult(RefreshOutcome.INVALID, sess)
-    res = conn.execute(
-        sessions.update()
-        .where(
-            sessions.c.id == sess.id,
-            sessions.c.refresh_hash == old_hash,
-            sessions.c.revoked_at.is_(None),
-        )
-        .values(
-            refresh_hash=new_hash,
-            rotation_counter=sessions.c.rotation_counter + 1,
-            last_used_at=now,
-            expires_at=now + ttl,
-        )
-    )
-    if res.rowcount != 1:
+    ttl = ttl_for(sess)
+    if ttl is None:
+        return RefreshResult(RefreshOutcome.INVALID, sess)
+    if not swap_refresh(conn, sess, new_hash=new_hash, ttl=ttl):
         # Lost a race with a concurrent refresh of the same token: that is reuse too.
         revoke_session(conn, sess.id, reason="token_reuse")
         return RefreshResult(RefreshOutcome.REUSED, get_session(conn, sess.id))
-    conn.execute(
-        refresh_history.insert().values(
-            token_hash=old_hash, session_id=sess.id, user_id=sess.user_id, rotated_at=now
-        )
-    )
     return RefreshResult(RefreshOutcome.ROTATED, get_session(conn, sess.id))

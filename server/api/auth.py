@@ -36,10 +36,7 @@ from store import sessions as sessions_repo
 from store import users as users_repo
 from store.audit import email_subject, record_event
 from store.cache import CacheError
-from store.db import utcnow
-from store.records import UserRecord
-from store.schema import refresh_history
-from store.schema import sessions as sessions_table
+from store.records import SessionRecord, UserRecord
 
 __all__ = ["bp", "revoke_sessions"]
 
@@ -288,25 +285,14 @@ async def upgrade() -> dict[str, Any]:
         if user is None:
             raise ApiError("CONFLICT", "only a guest account can be upgraded")
         sess = sessions_repo.get_session(conn, principal.session_id)
-        if sess is None or sess.revoked_at is not None:
-            raise ApiError("AUTH_INVALID", "session revoked")
         # A registered user's session lives 30 days: rotate its refresh token now.
-        now = utcnow()
-        conn.execute(
-            refresh_history.insert().values(
-                token_hash=sess.refresh_hash, session_id=sess.id, user_id=user.id, rotated_at=now
-            )
-        )
-        conn.execute(
-            sessions_table.update()
-            .where(sessions_table.c.id == sess.id)
-            .values(
-                refresh_hash=hash_refresh_token(refresh),
-                rotation_counter=sessions_table.c.rotation_counter + 1,
-                expires_at=now + _refresh_ttl(svc, "registered"),
-                last_used_at=now,
-            )
-        )
+        if sess is None or not sessions_repo.swap_refresh(
+            conn,
+            sess,
+            new_hash=hash_refresh_token(refresh),
+            ttl=_refresh_ttl(svc, "registered"),
+        ):
+            raise ApiError("AUTH_INVALID", "session revoked")
         record_event(
             conn, action="upgrade", subject_id=user.id, actor_id=user.id, ip=ip, trace_id=_trace()
         )
@@ -328,19 +314,18 @@ async def refresh() -> dict[str, Any]:
     ip = client_ip()
 
     def work(conn: Connection) -> tuple[sessions_repo.RefreshResult, UserRecord | None]:
-        current = conn.execute(
-            sessions_table.select().where(sessions_table.c.refresh_hash == old_hash)
-        ).first()
-        kind = "registered"
-        if current is not None:
-            owner = users_repo.get_user(conn, current.user_id)
-            if owner is None:
-                return sessions_repo.RefreshResult(sessions_repo.RefreshOutcome.INVALID), None
-            kind = owner.kind
+        owner: list[UserRecord] = []
+
+        def ttl_for(sess: SessionRecord) -> dt.timedelta | None:
+            user = users_repo.get_user(conn, sess.user_id)
+            if user is None:  # account deleted
+                return None
+            owner.append(user)
+            return _refresh_ttl(svc, user.kind)
+
         result = sessions_repo.rotate_refresh(
-            conn, old_hash=old_hash, new_hash=hash_refresh_token(new), ttl=_refresh_ttl(svc, kind)
+            conn, old_hash=old_hash, new_hash=hash_refresh_token(new), ttl_for=ttl_for
         )
-        user = None
         if result.outcome is sessions_repo.RefreshOutcome.REUSED and result.session:
             record_event(
                 conn,
@@ -350,9 +335,8 @@ async def refresh() -> dict[str, Any]:
                 trace_id=_trace(),
                 details={"sessionId": result.session.id},
             )
-        elif result.outcome is sessions_repo.RefreshOutcome.ROTATED and result.session:
-            user = users_repo.get_user(conn, result.session.user_id)
-        return result, user
+        rotated = result.outcome is sessions_repo.RefreshOutcome.ROTATED
+        return result, (owner[0] if rotated and owner else None)
 
     result, user = await svc.db.tx(work)
     if result.outcome is sessions_repo.RefreshOutcome.REUSED:

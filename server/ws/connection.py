@@ -17,7 +17,13 @@ import trio
 from quart import abort, websocket
 
 from protocol.close_codes import CloseCode, close_reason
-from protocol.codec import encode_error, encode_server_frame, new_trace_id, parse_client_frame
+from protocol.codec import (
+    MAX_FRAME_BYTES,
+    encode_error,
+    encode_server_frame,
+    new_trace_id,
+    parse_client_frame,
+)
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import (
     MAX_CONTENT_CHARS,
@@ -29,8 +35,8 @@ from protocol.frames import (
     ServerType,
     format_timestamp,
 )
-from server.api.common import authenticate, forwarded_ip, note_activity
-from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
+from server.api.common import authenticate, forwarded_ip, is_session_denied, note_activity
+from server.auth.tokens import AccessClaims
 from server.errors import ApiError
 from server.load import LoadMonitor
 from server.logging import get_logger
@@ -129,20 +135,17 @@ async def handle_websocket(
     # Authenticate after accepting, so the browser can read the close code.
     try:
         if not token:
-            raise TokenInvalid("no bearer subprotocol")
+            raise ApiError("AUTH_INVALID", "no bearer subprotocol")
         principal = await authenticate(svc, token)
-    except Exception as exc:
-        if not isinstance(exc, (TokenExpired, ApiError, TokenInvalid)):
-            log.exception("ws_auth_failed")
-            svc.metrics.ws_dropped.labels("server_error").inc()
-            await websocket.close(int(CloseCode.INTERNAL), "SERVER_ERROR")
-            return
-        expired = isinstance(exc, TokenExpired) or (
-            isinstance(exc, ApiError) and exc.code == "AUTH_EXPIRED"
-        )
-        code = CloseCode.TOKEN_EXPIRED if expired else CloseCode.TOKEN_INVALID
+    except ApiError as exc:
+        code = CloseCode.TOKEN_EXPIRED if exc.code == "AUTH_EXPIRED" else CloseCode.TOKEN_INVALID
         svc.metrics.ws_dropped.labels("auth").inc()
         await websocket.close(int(code), close_reason(code))
+        return
+    except Exception:
+        log.exception("ws_auth_failed")
+        svc.metrics.ws_dropped.labels("server_error").inc()
+        await websocket.close(int(CloseCode.INTERNAL), "SERVER_ERROR")
         return
     if hub.count() >= cfg.max_connections:
         svc.metrics.ws_dropped.labels("instance_full").inc()
@@ -167,8 +170,8 @@ async def handle_websocket(
     )
     hub.add(conn)
     svc.metrics.ws_connections.inc()
-    await note_activity(svc, conn.user_id)
     try:
+        await note_activity(svc, conn.user_id)
         _push(conn, ServerType.SESSION_READY, _ready_data(svc, conn), None, new_trace_id())
         try:
             async with trio.open_nursery() as nursery:
@@ -194,7 +197,7 @@ def _ready_data(svc: Services, conn: Connection) -> dict[str, Any]:
         "connectionId": conn.id,
         "serverTime": format_timestamp(utcnow()),
         "limits": {
-            "maxFrameBytes": 65536,
+            "maxFrameBytes": MAX_FRAME_BYTES,
             "maxContentChars": MAX_CONTENT_CHARS,
             "maxConcurrentTurns": MAX_TURNS_PER_USER,
             "chatSendPerMinute": svc.settings.chat_sends_per_user_per_minute,
@@ -343,8 +346,6 @@ async def _check_session(
 
     A revoked session or an expired token: the error goes out first, then the close.
     """
-    from server.api.common import is_session_denied
-
     if await is_session_denied(svc, conn.session_id):
         err, code = (
             ProtocolError(ErrorCode.AUTH_INVALID, "session revoked"),
