@@ -20,6 +20,7 @@ from server.load import LoadMonitor
 from server.logging import get_logger
 from server.services import Services
 from server.turns import TurnManager
+from server.web import register_web
 from server.ws import heartbeat
 from server.ws.connection import WsConfig, handle_websocket, sweep_connections
 from server.ws.hub import Hub
@@ -97,6 +98,7 @@ def create_app(
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp, url_prefix="/api/v1")
     app.register_blueprint(conversations.bp, url_prefix="/api/v1")
+    register_web(app)
 
     @app.before_request
     async def _edge_in() -> None:
