@@ -2,29 +2,57 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# One install stamp per lock file: a changed lock (or pyproject.toml) reinstalls.
+RUN_STAMP := $(VENV)/.installed-run
+STAMP     := $(VENV)/.installed-test
+# `make lock`: uv (from PyPI, this version) writes the hashed lock files that pip installs.
+UV_VERSION := 0.13.9
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet \
+              --custom-compile-command "make lock"
+# UPGRADE=all: every package to the newest that pyproject.toml allows; UPGRADE="a b": those
+UPGRADE_FLAGS = $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
 
-.PHONY: run test venv lint typecheck pytest services bench bench-quick bench-redis clean
+.PHONY: run test venv lock lint typecheck pytest services bench bench-quick bench-redis clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Parley needs Python 3.11 (apt-get install python3)"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
 	  || { echo "Parley needs Python 3.11; $(PYTHON) is another version"; exit 1; }
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv; }
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
-	@touch $(STAMP)
+
+# The locked set with hashes, then the project itself; pip check catches a lock that
+# misses a dependency pyproject.toml declares (someone added one without `make lock`).
+$(RUN_STAMP): requirements/run.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements/run.txt
+	$(BIN)/pip install -q --no-deps -e .
+	@$(BIN)/pip check || { echo "the lock files miss a dependency: run make lock"; exit 1; }
+	@touch $@
+
+$(STAMP): requirements/test.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements/test.txt
+	$(BIN)/pip install -q --no-deps -e .
+	@$(BIN)/pip check || { echo "the lock files miss a dependency: run make lock"; exit 1; }
+	@touch $@
 
 venv: $(STAMP)
 
 ## run: install and start the server on the embedded default (http://127.0.0.1:8000)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/parley serve
 
 ## test: install what the tests need, start MariaDB and Redis, run every check and test
 test: $(STAMP) services lint typecheck pytest
+
+## lock: regenerate requirements/run.txt and requirements/test.txt from pyproject.toml,
+## keeping today's pins where pyproject.toml still allows them (see UPGRADE above)
+lock: | $(BIN)/python
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE_FLAGS) -o requirements/run.txt
+	$(BIN)/uv pip compile pyproject.toml --extra test $(LOCK_FLAGS) $(UPGRADE_FLAGS) \
+	  --constraint requirements/run.txt -o requirements/test.txt
 
 services:
 	bash deploy/dev/services.sh
