@@ -61,8 +61,18 @@ def cmd_admin_grant(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_run(args: argparse.Namespace) -> int:
+    if args.name in ("backup", "restore-check"):
+        from jobs.run import run_job
+
+        return run_job(args.name, _settings())
     print(f"parley: job {args.name!r} is not implemented yet", file=sys.stderr)
     return 3
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from server.check import run_checks
+
+    return run_checks(upstream=args.upstream)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = jsub.add_parser("run", help="run one job once")
     r.add_argument("name", choices=["retention", "backup", "restore-check"])
     r.set_defaults(func=cmd_jobs_run)
+    c = sub.add_parser("check", help="check settings, database, Redis, upstream, keys, clock")
+    c.add_argument("--upstream", action="store_true", help="also send the model one tiny request")
+    c.set_defaults(func=cmd_check)
     return p
 
 

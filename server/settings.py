@@ -18,7 +18,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["SECRET_SETTINGS", "Settings", "SettingsError", "check_production", "load_settings"]
 
 #: Settings whose value may come from ``PARLEY_<NAME>_FILE``.
-SECRET_SETTINGS = ("jwt_keys", "llm_api_key", "database_url", "redis_url")
+SECRET_SETTINGS = (
+    "jwt_keys",
+    "llm_api_key",
+    "database_url",
+    "redis_url",
+    "restore_check_database_url",
+)
 
 
 class SettingsError(Exception):
@@ -164,6 +170,13 @@ class Settings(BaseSettings):
         path.write_text(f"{kid}:{secret}\n")
         path.chmod(0o600)
         return kid, secret
+
+    # -- Backups and restore checks (jobs/backup.py, jobs/restore_check.py) ---------------
+    backup_dir: Path = Path("./parley-data/backups")
+    backup_keep: int = Field(7, ge=1, le=10_000)
+    # empty: the live server with the database name + "_restore_check" (SQLite: a temporary
+    # file); never the live database. Also read from PARLEY_RESTORE_CHECK_DATABASE_URL_FILE.
+    restore_check_database_url: str = ""
 
 
 def check_production(settings: Settings) -> None:
