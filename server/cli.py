@@ -19,11 +19,12 @@ def _settings(**overrides: object) -> Settings:
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
-    from store.migrate import current_revision, upgrade_to_head
+    from store.migrate import current_revision, database_location, upgrade_to_head
 
     settings = _settings()
     upgrade_to_head(settings.database_url)
-    print(f"database at revision {current_revision(settings.database_url)}")
+    revision = current_revision(settings.database_url)
+    print(f"database at revision {revision} ({database_location(settings.database_url)})")
     return 0
 
 
@@ -75,25 +76,58 @@ def cmd_check(args: argparse.Namespace) -> int:
     return run_checks(upstream=args.upstream)
 
 
+def _default(name: str) -> object:
+    return Settings.model_fields[name].default
+
+
+_DATABASE_NOTE = (
+    "Settings are environment variables (README.md). The database is PARLEY_DATABASE_URL "
+    f"(default: {_default('database_url')}, relative to the current folder)."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parley", description="Parley chat server")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run the server")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--workers", type=int)
+    s = sub.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server: REST API, WebSocket, health and metrics. "
+        "On SQLite it brings the database schema to the newest version first.",
+        epilog=_DATABASE_NOTE,
+    )
+    s.add_argument(
+        "--host", help=f"address to listen on (default: PARLEY_HOST, else {_default('host')})"
+    )
+    s.add_argument(
+        "--port",
+        type=int,
+        help=f"TCP port, 0 for any free one (default: PARLEY_PORT, else {_default('port')})",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        help=f"server processes; only 1 works today (default: PARLEY_WORKERS, "
+        f"else {_default('workers')})",
+    )
     s.set_defaults(func=cmd_serve)
-    m = sub.add_parser("migrate", help="bring the schema to the newest version")
+    m = sub.add_parser(
+        "migrate",
+        help="bring the schema to the newest version",
+        description="Bring the database schema to the newest version (run it before serve "
+        "on MySQL/MariaDB).",
+        epilog=_DATABASE_NOTE,
+    )
     m.set_defaults(func=cmd_migrate)
     a = sub.add_parser("admin", help="administration")
     asub = a.add_subparsers(dest="admin_command", required=True)
     g = asub.add_parser("grant", help="give a user the admin role")
-    g.add_argument("email")
+    g.add_argument("email", help="the user's email address (any case)")
     g.set_defaults(func=cmd_admin_grant)
     j = sub.add_parser("jobs", help="scheduled jobs")
     jsub = j.add_subparsers(dest="jobs_command", required=True)
     r = jsub.add_parser("run", help="run one job once")
-    r.add_argument("name", choices=["retention", "backup", "restore-check"])
+    r.add_argument("name", choices=["retention", "backup", "restore-check"], help="the job")
     r.set_defaults(func=cmd_jobs_run)
     c = sub.add_parser("check", help="check settings, database, Redis, upstream, keys, clock")
     c.add_argument("--upstream", action="store_true", help="also send the model one tiny request")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import signal
 import socket
 import sys
@@ -27,6 +29,12 @@ def hypercorn_config(settings: Settings, sock: socket.socket | None = None) -> C
     )
     cfg.worker_class = "trio"
     cfg.accesslog = None
+    # Hypercorn's own handler on "hypercorn.error" printed each line ("Running on ...") a
+    # second time beside the root handler it propagates to; the root one redacts, keep it
+    error_log = logging.getLogger("hypercorn.error")
+    error_log.handlers.clear()
+    error_log.propagate = True
+    cfg.errorlog = error_log
     cfg.graceful_timeout = 3.0  # after our own drain (server/drain.py); exit within 30 s
     cfg.websocket_ping_interval = 25.0
     # Hypercorn counts characters; the server checks the 64 KiB (UTF-8 bytes) bound itself
@@ -41,6 +49,20 @@ def hypercorn_config(settings: Settings, sock: socket.socket | None = None) -> C
 SWITCH_INTERVAL = 0.0005
 
 
+def bind_error(host: str, port: int, exc: OSError) -> str:
+    """One line for a listening socket that cannot be made, naming the setting to change."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"parley serve: {where} is already in use; choose another with --port or PARLEY_PORT"
+    if exc.errno == errno.EACCES:
+        return (
+            f"parley serve: no permission to listen on {where}; "
+            "choose a port above 1023 with --port or PARLEY_PORT"
+        )
+    reason = exc.strerror or str(exc)
+    return f"parley serve: cannot listen on {where} ({reason}); check --host or PARLEY_HOST"
+
+
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, json=settings.log_json)
     sys.setswitchinterval(SWITCH_INTERVAL)
@@ -51,15 +73,33 @@ def serve(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    if settings.is_sqlite:
-        from store.migrate import upgrade_to_head
-
-        upgrade_to_head(settings.database_url)
     if settings.workers > 1:
         print(
             "parley: multi-process serving is not available yet; use --workers 1", file=sys.stderr
         )
         return 2
+    # The address first: a taken port is one line, before any database or key is made.
+    try:
+        sock = make_listen_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(bind_error(settings.host, settings.port, exc), file=sys.stderr)
+        return 2
+    from store.migrate import database_location
+
+    # relative defaults (./parley-data) depend on the folder serve starts in: say which
+    log.info(
+        "starting",
+        database=database_location(settings.database_url),
+        dataDir=str(settings.data_dir.resolve()),
+    )
+    try:
+        if settings.is_sqlite:
+            from store.migrate import upgrade_to_head
+
+            upgrade_to_head(settings.database_url)
+    except BaseException:
+        sock.close()
+        raise
 
     from server.app import create_app
     from server.services import build_services
@@ -67,7 +107,6 @@ def serve(settings: Settings) -> int:
     async def main() -> None:
         svc = build_services(settings)
         app = create_app(svc)
-        sock = make_listen_socket(settings.host, settings.port)
         port = sock.getsockname()[1]
         cfg = hypercorn_config(settings, sock)
         stop = trio.Event()
