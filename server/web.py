@@ -52,6 +52,7 @@ def content_security_policy(host: str | None) -> str:
 
 def _page_headers(resp: Response, cache: str) -> Response:
     resp.headers["Cache-Control"] = cache
+    resp.headers.pop("Expires", None)  # Cache-Control says it all
     resp.headers["Content-Security-Policy"] = content_security_policy(request.host)
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["Referrer-Policy"] = "no-referrer"
@@ -79,7 +80,8 @@ def register_web(app: Quart, dist: Path | None = None) -> None:
         resp = await send_from_directory(root / "assets", name)
         return _page_headers(resp, IMMUTABLE)
 
-    @app.get("/<path:path>")
+    # no automatic OPTIONS here: `OPTIONS /api/v1/x` must not look like a route that exists
+    @app.get("/<path:path>", provide_automatic_options=False)
     async def web_route(path: str) -> Response:
         first = path.split("/", 1)[0]
         if first in _RESERVED:

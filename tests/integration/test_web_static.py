@@ -75,6 +75,9 @@ async def test_top_level_files_and_missing_files(client: Any) -> None:
 async def test_api_and_ws_paths_are_never_the_client(client: Any) -> None:
     for path in ("/api/v1/nothing", "/api", "/ws", "/healthz/x", "/metrics/x"):
         assert (await client.get(path)).status_code == 404, path
+    # the client asks OPTIONS whether an API route exists: the fallback must not answer it
+    assert (await client.options("/api/v1/me/export")).status_code == 405
+    assert "Expires" not in (await client.get("/")).headers
 
 
 async def test_without_a_build_the_root_says_how_to_build(tmp_path: Path) -> None:
