@@ -40,11 +40,11 @@ $(STAMP): requirements/test.txt pyproject.toml | $(BIN)/python
 venv: $(STAMP)
 
 ## run: install and start the server on the embedded default (http://127.0.0.1:8000)
-run: $(RUN_STAMP)
+run: $(RUN_STAMP) web
 	$(BIN)/parley serve
 
 ## test: install what the tests need, start MariaDB and Redis, run every check and test
-test: $(STAMP) services lint typecheck pytest
+test: $(STAMP) services lint typecheck web-test pytest
 
 ## lock: regenerate requirements/run.txt and requirements/test.txt from pyproject.toml,
 ## keeping today's pins where pyproject.toml still allows them (see UPGRADE above)
@@ -64,8 +64,34 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) web browser-deps
 	$(BIN)/pytest -p no:cacheprovider --cov --cov-report=term --cov-fail-under=93 -q
+
+## web: build the browser client (web/dist) when it is missing or older than its sources
+WEB_SRC := $(shell find web/src web/public -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json
+WEB_MODULES := web/node_modules/.package-lock.json
+.PHONY: web web-test browser-deps
+
+$(WEB_MODULES): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm (Debian)"; apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	cd web && npm ci --no-audit --no-fund
+	@touch $@
+
+web/dist/index.html: $(WEB_MODULES) $(WEB_SRC)
+	cd web && npm run build
+	@touch $@
+
+web: web/dist/index.html
+
+## web-test: TypeScript (strict, no emit) and the protocol client's Vitest tests
+web-test: $(WEB_MODULES)
+	cd web && npx tsc --noEmit && npx vitest run
+
+## browser-deps: Debian's Chromium for tests/browser (never a downloaded browser)
+browser-deps:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing chromium (Debian)"; apt-get update -qq && apt-get install -y -qq chromium; }
 
 ## bench: every published figure (about 8 minutes); see benchmarks/README.md
 bench: $(STAMP) services
