@@ -24,33 +24,19 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import orjson
 
-from protocol.codec import encode_server_frame
-from protocol.frames import ServerType
+from protocol.outgoing import OutboundFrame, ReplyTo, StreamDelta, chat_stream
 
 __all__ = ["OutboundFrame", "OutboundQueue"]
-
-_STREAM = ServerType.CHAT_STREAM.value
-
-
-class OutboundFrame(NamedTuple):
-    """A frame ready to write, and its `type` (for metrics)."""
-
-    text: str
-    type: str
 
 
 @dataclass(slots=True)
 class _Stream:
-    conversation_id: str
-    message_id: str
-    seq: int
+    first: StreamDelta
+    reply: ReplyTo
     chunk: int
-    request_id: str | None
-    trace_id: str
     nbytes: int
     parts: list[str] = field(default_factory=list)
 
@@ -91,59 +77,49 @@ class OutboundQueue:
         self.pushed_total = 0
         """Everything pushed (deltas and frames)."""
 
-    def push_stream(
-        self,
-        conversation_id: str,
-        message_id: str,
-        seq: int,
-        chunk: int,
-        delta: str,
-        *,
-        request_id: str | None,
-        trace_id: str,
-    ) -> bool:
+    def push_stream(self, delta: StreamDelta, reply: ReplyTo) -> bool:
         """Queue one `chat.stream` delta; True when it merged into the tail."""
-        if not delta:
+        text = delta.text
+        if not text:
             raise ValueError("empty delta")
         self.pushed_total += 1
-        size = _json_size(delta)
+        size = _json_size(text)
+        chunk = delta.chunk
         tail = self._items[-1] if self._items else None
         if (
             isinstance(tail, _Stream)
             and tail.chunk + 1 == chunk
-            and tail.message_id == message_id
-            and tail.conversation_id == conversation_id
-            and tail.seq == seq
-            and tail.request_id == request_id
-            and tail.trace_id == trace_id
+            and tail.first.message_id == delta.message_id
+            and tail.first.conversation_id == delta.conversation_id
+            and tail.first.seq == delta.seq
+            and (tail.reply is reply or tail.reply == reply)
         ):
             size += len(str(chunk)) - len(str(tail.chunk))
-            tail.parts.append(delta)
+            tail.parts.append(text)
             tail.chunk = chunk
             tail.nbytes += size
             self._bytes += size
             self.merged_total += 1
             return True
+        request_id = reply.request_id
         envelope = (
             _STREAM_OVERHEAD
-            + _json_size(conversation_id)
-            + _json_size(message_id)
-            + len(str(seq))
+            + _json_size(delta.conversation_id)
+            + _json_size(delta.message_id)
+            + len(str(delta.seq))
             + len(str(chunk))
-            + _json_size(trace_id)
+            + _json_size(reply.trace_id)
             + (4 if request_id is None else _json_size(request_id) + 2)
         )
-        item = _Stream(
-            conversation_id, message_id, seq, chunk, request_id, trace_id, envelope + size, [delta]
-        )
+        item = _Stream(delta, reply, chunk, envelope + size, [text])
         self._items.append(item)
         self._bytes += item.nbytes
         return False
 
-    def push_frame(self, encoded: str, type: str) -> None:
+    def push_frame(self, frame: OutboundFrame) -> None:
         """Queue an already encoded frame (it is never merged)."""
         self.pushed_total += 1
-        item = _Frame(encoded, type, _text_size(encoded))
+        item = _Frame(frame.text, frame.type, _text_size(frame.text))
         self._items.append(item)
         self._bytes += item.nbytes
 
@@ -155,19 +131,12 @@ class OutboundQueue:
         self._bytes -= item.nbytes
         if isinstance(item, _Frame):
             return OutboundFrame(item.text, item.type)
-        text = encode_server_frame(
-            _STREAM,
-            {
-                "conversationId": item.conversation_id,
-                "messageId": item.message_id,
-                "seq": item.seq,
-                "chunk": item.chunk,
-                "delta": item.parts[0] if len(item.parts) == 1 else "".join(item.parts),
-            },
-            request_id=item.request_id,
-            trace_id=item.trace_id,
-        )
-        return OutboundFrame(text, _STREAM)
+        first = item.first
+        if len(item.parts) > 1:
+            first = StreamDelta(
+                first.conversation_id, first.message_id, first.seq, item.chunk, "".join(item.parts)
+            )
+        return chat_stream(item.reply, first)
 
     def clear(self) -> None:
         """Drop everything queued (the connection is gone)."""

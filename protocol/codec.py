@@ -51,7 +51,6 @@ __all__ = [
     "ClientFrame",
     "ServerFrame",
     "encode_client_frame",
-    "encode_error",
     "encode_server_frame",
     "new_trace_id",
     "parse_client_frame",
@@ -95,15 +94,15 @@ def _quote(value: str) -> str:
     return repr(_clip(value))
 
 
-def _too_big(text: str | bytes) -> bool:
+def _too_big(text: str | bytes, limit: int) -> bool:
     if isinstance(text, bytes):
-        return len(text) > MAX_FRAME_BYTES
+        return len(text) > limit
     n = len(text)
-    if n > MAX_FRAME_BYTES:
+    if n > limit:
         return True
-    if n * 4 <= MAX_FRAME_BYTES or text.isascii():
+    if n * 4 <= limit or text.isascii():
         return False
-    return len(text.encode("utf-8", errors="surrogatepass")) > MAX_FRAME_BYTES
+    return len(text.encode("utf-8", errors="surrogatepass")) > limit
 
 
 def _valid_request_id(value: object) -> bool:
@@ -121,17 +120,25 @@ def _describe(err: ValidationError) -> str:
     return message
 
 
-def parse_client_frame(text: str | bytes) -> ClientFrame:
+def parse_client_frame(
+    text: str | bytes,
+    *,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+    max_content_chars: int = MAX_CONTENT_CHARS,
+) -> ClientFrame:
     """Parse and validate one client frame; raise `ProtocolError` on any fault.
+
+    The limits default to the contract's (64 KiB, 8,000 characters); the server
+    passes its settings.
 
     `bytes` are read as UTF-8 JSON (what to do with binary WebSocket frames is
     the server's policy). The error carries the frame's `requestId` and
     `traceId` whenever they could be read and are valid.
     """
-    if _too_big(text):
+    if _too_big(text, max_frame_bytes):
         raise ProtocolError(
             ErrorCode.PAYLOAD_TOO_LARGE,
-            f"frame over {MAX_FRAME_BYTES} bytes",
+            f"frame over {max_frame_bytes} bytes",
             close_code=CloseCode.TOO_BIG,
         )
     try:
@@ -182,13 +189,15 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         raise fail(ErrorCode.VALIDATION_FAILED, f"data: {what}")
     if ctype is ClientType.CHAT_SEND:
         content = data.get("content")
-        if isinstance(content, str) and len(content) > MAX_CONTENT_CHARS:
+        if isinstance(content, str) and len(content) > max_content_chars:
             raise fail(
                 ErrorCode.PAYLOAD_TOO_LARGE,
-                f"data.content: at most {MAX_CONTENT_CHARS} characters",
+                f"data.content: at most {max_content_chars} characters",
             )
     try:
-        model = CLIENT_MODELS[ctype].model_validate(data)
+        model = CLIENT_MODELS[ctype].model_validate(
+            data, context={"max_content_chars": max_content_chars}
+        )
     except ValidationError as exc:
         raise fail(ErrorCode.VALIDATION_FAILED, _describe(exc)) from None
     return ClientFrame(type=ctype, request_id=rid, trace_id=tid, data=model)
@@ -221,16 +230,6 @@ def encode_server_frame(
     return orjson.dumps(
         {"type": type, "requestId": request_id, "traceId": trace_id, "data": data}
     ).decode("utf-8")
-
-
-def encode_error(err: ProtocolError, *, trace_id: str) -> str:
-    """The `error` frame for `err`; its own trace id wins over `trace_id`."""
-    return encode_server_frame(
-        ServerType.ERROR,
-        err.to_data(),
-        request_id=err.request_id,
-        trace_id=err.trace_id or trace_id,
-    )
 
 
 def validate_server_frame(text: str | bytes) -> ServerFrame:

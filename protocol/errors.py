@@ -20,6 +20,7 @@ from typing import Any
 from protocol.close_codes import CloseCode
 
 __all__ = [
+    "AUTH_CLOSE_CODES",
     "ERRORS",
     "ErrorClass",
     "ErrorCode",
@@ -203,6 +204,15 @@ ERRORS: Mapping[ErrorCode, ErrorSpec] = MappingProxyType(
         ),
     }
 )
+
+
+AUTH_CLOSE_CODES: Mapping[ErrorCode, CloseCode] = MappingProxyType(
+    {
+        ErrorCode.AUTH_EXPIRED: CloseCode.TOKEN_EXPIRED,  # refresh, then reconnect
+        ErrorCode.AUTH_INVALID: CloseCode.TOKEN_INVALID,  # sign in again
+    }
+)
+"""How a connection closes when its token fails (at the upgrade, or on a later frame)."""
 
 
 class ProtocolError(Exception):

@@ -28,6 +28,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -206,9 +208,23 @@ class _ClientModel(BaseModel):
 
 
 class ChatSend(_ClientModel):
+    """`content`: 1 to `MAX_CONTENT_CHARS` characters, or to the validation context's
+    `max_content_chars` (the server's setting) when one is given."""
+
     conversationId: UuidStr
     messageId: UuidStr
-    content: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONTENT_CHARS)]
+    content: Annotated[str, StringConstraints(min_length=1)]
+
+    @field_validator("content")
+    @classmethod
+    def _content_limit(cls, value: str, info: ValidationInfo) -> str:
+        ctx = info.context or {}
+        limit = ctx.get("max_content_chars", MAX_CONTENT_CHARS)
+        if len(value) > limit:
+            raise PydanticCustomError(
+                "string_too_long", "String should have at most {max} characters", {"max": limit}
+            )
+        return value
 
 
 class ChatCancel(_ClientModel):

@@ -11,8 +11,10 @@ Inputs:
   `chat.stream` frames delivered so far.
 
 Output: a `ReplayPlan` (send `chat.message` for `messages`, in order, then
-`chat.stream` for `stream`, then `chat.resumed`, then live frames from
-`live_from_chunk` on), or a `Reset` (send `chat.resumed` with `reset: true`;
+the in-flight message's text from chunk `stream_from_chunk` on as one
+`chat.stream` (`stream` is that part as it was planned; deltas that arrived
+since may be sent with it), then `chat.resumed`, then live frames), or a
+`Reset` (send `chat.resumed` with `reset: true`;
 the client reloads history over REST).
 
 Rules and edge cases:
@@ -118,9 +120,9 @@ class ReplayPlan:
     in_flight_seq: int | None
     stream: tuple[tuple[int, str], ...]
     """`(chunk, delta)` to send as `chat.stream` for `in_flight_seq`, in order."""
-    live_from_chunk: int
-    """Live chunks of the in-flight message below this number were replayed
-    (or held by the client): drop them. 0 when nothing is in flight."""
+    stream_from_chunk: int
+    """The first chunk of the in-flight message the client lacks (0 when it holds none,
+    or nothing is in flight): replay from here, then go on live."""
     replay_bytes: int
 
     @property
@@ -130,12 +132,6 @@ class ReplayPlan:
     @property
     def replayed(self) -> int:
         return len(self.messages) + len(self.stream)
-
-    def merged_stream(self) -> tuple[int, str] | None:
-        """All of `stream` as one `(chunk, delta)` frame, or None if empty."""
-        if not self.stream:
-            return None
-        return self.stream[-1][0], "".join(delta for _, delta in self.stream)
 
 
 def plan_resume(
@@ -168,7 +164,7 @@ def plan_resume(
         size += ref.size_bytes
 
     stream: tuple[tuple[int, str], ...] = ()
-    live_from = 0
+    stream_from = 0
     if in_flight is not None:
         held = -1
         if last_chunk is not None and in_flight.seq == last_message_seq + 1:
@@ -186,7 +182,7 @@ def plan_resume(
         else:
             start = len(in_flight.chunks)
         stream = in_flight.chunks[start:]
-        live_from = in_flight.last_chunk + 1
+        stream_from = held + 1
         size += sum(len(delta.encode("utf-8")) for _, delta in stream)
 
     count = len(seqs) + (1 if stream else 0)
@@ -198,6 +194,6 @@ def plan_resume(
         messages=tuple(seqs),
         in_flight_seq=in_flight.seq if in_flight is not None else None,
         stream=stream,
-        live_from_chunk=live_from,
+        stream_from_chunk=stream_from,
         replay_bytes=size,
     )

@@ -116,7 +116,11 @@ class Turn:
         self.max_output_tokens = max_output_tokens
         self.max_output_bytes = max_output_bytes
         self._state = TurnState.PENDING
+        # The text, one entry per chunk (a checkpoint's text is one entry holding all its
+        # chunks: ``_first`` is that entry's chunk number, 0 otherwise). Kept per chunk so
+        # a resume can replay from any chunk; this is the only copy of a live turn's text.
         self._parts: list[str] = []
+        self._first = 0
         self._text_cache: str | None = ""
         self._chunks = 0
         self._tokens = 0
@@ -148,6 +152,7 @@ class Turn:
             raise ValueError("checkpoint: already at a limit")
         turn._state = TurnState.STREAMING
         turn._parts = [text] if text else []
+        turn._first = max(chunks - 1, 0)
         turn._text_cache = text
         turn._chunks = chunks
         turn._tokens = tokens
@@ -175,8 +180,23 @@ class Turn:
     def text(self) -> str:
         if self._text_cache is None:
             self._text_cache = "".join(self._parts)
-            self._parts = [self._text_cache]
         return self._text_cache
+
+    def entries(self) -> tuple[tuple[int, str], ...]:
+        """The text so far as `(chunk, text)` pairs, `chunk` the number of the last delta an
+        entry holds (`protocol.resume.InFlight.chunks`)."""
+        first = self._first
+        return tuple((first + i, part) for i, part in enumerate(self._parts))
+
+    def text_since(self, chunk: int) -> str:
+        """The text of chunks `chunk` and later ('' when there are none). Raises
+        `ValueError` for a chunk inside a checkpoint's merged entry (it cannot be cut)."""
+        if chunk <= 0:
+            return self.text
+        i = chunk - self._first
+        if i <= 0:
+            raise ValueError(f"chunk {chunk} lies inside a merged checkpoint entry")
+        return "".join(self._parts[i:])
 
     @property
     def chunks(self) -> int:

@@ -11,9 +11,10 @@ from quart import Response, g, has_websocket_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from server.api.auth import flush_pending_denies
+from protocol.errors import ProtocolError
+from server.auth.identity import flush_pending_denies, watch_revocations
 from server.drain import drain
-from server.errors import REST_CODES, ApiError, error_body
+from server.errors import REST, ApiError, error_body
 from server.llm import create_provider
 from server.llm.resilience import BreakerState, ResilientUpstream, UpstreamPolicy
 from server.load import LoadMonitor
@@ -95,9 +96,11 @@ def create_app(
 
     from server.api import auth, conversations, ops
 
+    upstream = upstream or build_upstream(svc)
+    turns = TurnManager(svc, upstream)
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp, url_prefix="/api/v1")
-    app.register_blueprint(conversations.bp, url_prefix="/api/v1")
+    app.register_blueprint(conversations.create_blueprint(turns), url_prefix="/api/v1")
     register_web(app)
 
     @app.before_request
@@ -116,18 +119,20 @@ def create_app(
 
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
-        svc.metrics.errors.labels(_class_of(exc.code), exc.code).inc()
+        svc.metrics.count_error(exc.error_class.value, exc.code)
         return _error(
             exc.code, exc.message, exc.status, retryable=exc.retryable, retry_after=exc.retry_after
         )
+
+    @app.errorhandler(ProtocolError)
+    async def _protocol_error(exc: ProtocolError) -> Response:
+        return await _api_error(ApiError.from_protocol(exc))
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "SERVER_ERROR")
-        return _error(
-            code, exc.description or code, status, retryable=REST_CODES.get(code, (0, False))[1]
-        )
+        return _error(code, exc.description or code, status, retryable=REST[code].retryable)
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
@@ -135,7 +140,7 @@ def create_app(
             log.error("unhandled_ws_error", exc_info=exc)
             raise exc
         log.error("unhandled_error", path=request.path, traceId=g.get("trace_id"), exc_info=exc)
-        svc.metrics.errors.labels("SERVER", "SERVER_ERROR").inc()
+        svc.metrics.count_error("SERVER", "SERVER_ERROR")
         return _error("SERVER_ERROR", "internal error", 500, retryable=True)
 
     @app.after_request
@@ -145,17 +150,9 @@ def create_app(
         svc.metrics.http_requests.labels(rule, str(resp.status_code)).inc()
         return resp
 
-    upstream = upstream or build_upstream(svc)
-    turns = TurnManager(svc, upstream)
     hub = Hub()
     load = LoadMonitor()
-    ws_cfg = ws_config or WsConfig(
-        coalesce_seconds=svc.settings.ws_coalesce_ms / 1000,
-        max_connections=svc.settings.ws_max_connections,
-        max_connections_per_user=svc.settings.ws_max_connections_per_user,
-    )
-    app.config["PARLEY_TURNS"] = turns
-    app.config["PARLEY_HUB"] = hub
+    ws_cfg = ws_config or WsConfig.from_settings(svc.settings)
 
     async def _drain() -> None:
         await drain(
@@ -180,7 +177,7 @@ def create_app(
             with background:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(turns.run)
-                    nursery.start_soon(hub.watch_revocations, svc.cache)
+                    nursery.start_soon(watch_revocations, svc.cache, hub.close_session)
                     nursery.start_soon(sweep_connections, svc, hub, ws_cfg)
                     nursery.start_soon(load.run, svc.metrics.event_loop_lag_seconds.set)
                     nursery.start_soon(flush_pending_denies, svc)
@@ -206,15 +203,3 @@ def create_app(
         await svc.aclose()
 
     return app
-
-
-def _class_of(code: str) -> str:
-    if code in ("VALIDATION_FAILED", "PAYLOAD_TOO_LARGE", "EMAIL_TAKEN", "CONFLICT"):
-        return "VALIDATION"
-    if code in ("AUTH_INVALID", "AUTH_EXPIRED", "INVALID_CREDENTIALS", "TOKEN_REUSED", "FORBIDDEN"):
-        return "AUTH"
-    if code == "RATE_LIMITED":
-        return "RLIMIT"
-    if code == "NOT_FOUND":
-        return "VALIDATION"
-    return "SERVER"

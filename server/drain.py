@@ -19,8 +19,7 @@ from collections.abc import Callable
 import trio
 
 from protocol.close_codes import CloseCode
-from protocol.codec import encode_server_frame, new_trace_id
-from protocol.frames import ServerType
+from protocol.outgoing import server_draining
 from server.logging import get_logger
 from server.services import Services
 from server.turns import TurnManager
@@ -46,15 +45,10 @@ async def drain(
     svc: Services, hub: Hub, turns: TurnManager, *, grace: float, reconnect_after_ms: int
 ) -> None:
     svc.draining.set()
-    frame = encode_server_frame(
-        ServerType.SERVER_DRAINING,
-        {"reconnectAfterMs": reconnect_after_ms},
-        request_id=None,
-        trace_id=new_trace_id(),
-    )
+    frame = server_draining(reconnect_after_ms)  # encoded once, for every socket
     conns = hub.all()
     for conn in conns:
-        conn.outbox.push_frame(frame, ServerType.SERVER_DRAINING)
+        conn.outbox.push_frame(frame)
     log.info("draining", connections=len(conns), turns=len(turns.live), grace=grace)
     finished = await _until(lambda: not turns.live, grace)
     if not finished:

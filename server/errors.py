@@ -1,33 +1,77 @@
-"""Errors as values: one exception type with a contract code, turned into a body in one place."""
+"""One error vocabulary for REST and WebSocket: errors as values, turned into a body in one place.
+
+The WebSocket's codes are ``protocol.errors.ErrorCode`` (the contract's list,
+with their class and retryability in ``protocol.errors.ERRORS``). REST uses the
+same codes where they apply, plus a few of its own (:class:`RestCode`). Every
+code REST may answer has one row in :data:`REST`: its HTTP status, class and
+whether a retry may succeed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
-__all__ = ["ApiError", "error_body"]
+from protocol.errors import ERRORS, ErrorClass, ErrorCode, ProtocolError
 
-# code -> (HTTP status, retryable)
-REST_CODES: dict[str, tuple[int, bool]] = {
-    "VALIDATION_FAILED": (400, False),
-    "PAYLOAD_TOO_LARGE": (413, False),
-    "AUTH_INVALID": (401, False),
-    "AUTH_EXPIRED": (401, False),
-    "INVALID_CREDENTIALS": (401, False),
-    "TOKEN_REUSED": (401, False),
-    "FORBIDDEN": (403, False),
-    "NOT_FOUND": (404, False),
-    "METHOD_NOT_ALLOWED": (405, False),
-    "EMAIL_TAKEN": (409, False),
-    "CONFLICT": (409, False),
-    "RATE_LIMITED": (429, True),
-    "SERVER_ERROR": (500, True),
-    "SERVER_DRAINING": (503, True),
-    "SERVICE_UNAVAILABLE": (503, True),
-}
+__all__ = ["REST", "ApiError", "RestCode", "RestSpec", "error_body"]
+
+
+class RestCode(StrEnum):
+    """Codes only REST answers (the WebSocket has no use for them)."""
+
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    TOKEN_REUSED = "TOKEN_REUSED"
+    FORBIDDEN = "FORBIDDEN"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    EMAIL_TAKEN = "EMAIL_TAKEN"
+    CONFLICT = "CONFLICT"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class RestSpec:
+    status: int
+    cls: ErrorClass
+    retryable: bool
+
+
+def _contract(code: ErrorCode, status: int) -> tuple[str, RestSpec]:
+    spec = ERRORS[code]
+    return code.value, RestSpec(status, spec.cls, spec.retryable)
+
+
+_V, _A, _S = ErrorClass.VALIDATION, ErrorClass.AUTH, ErrorClass.SERVER
+
+REST: Mapping[str, RestSpec] = MappingProxyType(
+    dict(
+        [
+            _contract(ErrorCode.VALIDATION_FAILED, 400),
+            _contract(ErrorCode.PAYLOAD_TOO_LARGE, 413),
+            _contract(ErrorCode.AUTH_INVALID, 401),
+            _contract(ErrorCode.AUTH_EXPIRED, 401),
+            _contract(ErrorCode.NOT_FOUND, 404),
+            _contract(ErrorCode.RATE_LIMITED, 429),
+            _contract(ErrorCode.SERVER_ERROR, 500),
+            _contract(ErrorCode.SERVER_DRAINING, 503),
+            (RestCode.INVALID_CREDENTIALS.value, RestSpec(401, _A, False)),
+            (RestCode.TOKEN_REUSED.value, RestSpec(401, _A, False)),
+            (RestCode.FORBIDDEN.value, RestSpec(403, _A, False)),
+            (RestCode.METHOD_NOT_ALLOWED.value, RestSpec(405, _V, False)),
+            (RestCode.EMAIL_TAKEN.value, RestSpec(409, _V, False)),
+            (RestCode.CONFLICT.value, RestSpec(409, _V, False)),
+            (RestCode.SERVICE_UNAVAILABLE.value, RestSpec(503, _S, True)),
+        ]
+    )
+)
 
 
 class ApiError(Exception):
-    """An error the client should see: contract code, message, optional Retry-After."""
+    """An error the client should see: a code of :data:`REST`, a message, an optional
+    Retry-After (seconds)."""
 
     def __init__(
         self,
@@ -38,13 +82,20 @@ class ApiError(Exception):
         status: int | None = None,
     ) -> None:
         super().__init__(message)
-        if code not in REST_CODES:
+        spec = REST.get(str(code))
+        if spec is None:
             raise ValueError(f"unknown error code {code}")
-        self.code = code
+        self.code = str(code)
         self.message = message
         self.retry_after = retry_after
-        self.status = status or REST_CODES[code][0]
-        self.retryable = REST_CODES[code][1]
+        self.status = status or spec.status
+        self.retryable = spec.retryable
+        self.error_class = spec.cls
+
+    @classmethod
+    def from_protocol(cls, err: ProtocolError) -> ApiError:
+        retry = None if err.retry_after_ms is None else err.retry_after_ms / 1000
+        return cls(err.code.value, err.message, retry_after=retry)
 
 
 def error_body(code: str, message: str, retryable: bool, trace_id: str) -> dict[str, Any]:

@@ -71,5 +71,9 @@ class Metrics:
         )
         self.login_failures = Counter("parley_login_failures", "Failed logins", registry=r)
 
+    def count_error(self, error_class: str, code: str) -> None:
+        """One error reported to a client (an ``error`` frame or an HTTP error body)."""
+        self.errors.labels(error_class, code).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

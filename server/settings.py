@@ -69,9 +69,31 @@ class Settings(BaseSettings):
     guest_inactivity_days: int = Field(7, ge=1)
 
     drain_seconds: float = Field(20.0, ge=0, le=25)
+    drain_reconnect_ms: int = Field(1000, ge=0, le=60_000)
     ws_coalesce_ms: float = Field(40.0, ge=0, le=1000)
     ws_max_connections: int = Field(10_000, ge=1)
     ws_max_connections_per_user: int = Field(10, ge=1)
+
+    # The WebSocket's bounds (contract section 4).
+    ws_ping_interval_seconds: float = Field(25.0, gt=0, le=3600)
+    ws_pong_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    ws_max_frame_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
+    ws_outbox_max_bytes: int = Field(1024 * 1024, ge=4096)
+    ws_outbox_max_frames: int = Field(2048, ge=16)
+    ws_stall_seconds: float = Field(10.0, gt=0, le=3600)
+    ws_invalid_frames_limit: int = Field(10, ge=1)
+    ws_invalid_frames_window_seconds: float = Field(60.0, gt=0)
+
+    # Turns (contract section 4: state machine, idempotency, resume, truncation).
+    max_content_chars: int = Field(8000, ge=1, le=1_000_000)
+    max_output_tokens: int = Field(4096, ge=1, le=1_000_000)
+    max_output_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_turns_per_user: int = Field(3, ge=1, le=1000)
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
+    duplicate_window_seconds: float = Field(10.0, ge=0, le=3600)
+    replay_max_messages: int = Field(200, ge=1, le=100_000)
+    replay_max_bytes: int = Field(1024 * 1024, ge=1024)
+    checkpoint_seconds: float = Field(0.5, gt=0, le=60)
 
     allowed_origins: str = ""
     trust_proxy_headers: bool = False

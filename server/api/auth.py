@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import time
 from typing import Any
 
-import trio
 from quart import Blueprint, Response, g, request
 from sqlalchemy.engine import Connection
 
-from server.api.common import (
-    Principal,
-    client_ip,
-    deny_key,
-    parse_body,
-    require_principal,
-    services,
-)
+from server.api.common import client_ip, parse_body, require_principal, services
 from server.api.schemas import (
     Credentials,
     GuestBody,
@@ -28,17 +19,17 @@ from server.api.schemas import (
     session_json,
     user_json,
 )
+from server.auth.identity import Principal, revoke_sessions
 from server.auth.tokens import hash_refresh_token, new_refresh_token
 from server.errors import ApiError
 from server.services import Services
-from server.ws.hub import REVOKE_CHANNEL
 from store import sessions as sessions_repo
 from store import users as users_repo
 from store.audit import email_subject, record_event
 from store.cache import CacheError
 from store.records import SessionRecord, UserRecord
 
-__all__ = ["bp", "revoke_sessions"]
+__all__ = ["bp"]
 
 bp = Blueprint("auth", __name__)
 
@@ -67,46 +58,6 @@ def _token_answer(
     if with_user:
         body["user"] = user_json(user)
     return body
-
-
-async def revoke_sessions(svc: Services, session_ids: list[str]) -> None:
-    """Deny-list revoked sessions (every instance sees it) and tell live sockets to close."""
-    ttl = svc.settings.access_token_ttl_seconds + 5
-    try:
-        pipe = svc.cache.pipeline()
-        for sid in session_ids:
-            pipe.set(deny_key(sid), b"1", ttl=ttl)
-            pipe.publish(REVOKE_CHANNEL, sid)
-        await pipe.execute()
-    except CacheError:
-        # Kept in-process until the cache takes it (flush_pending_denies), and the database
-        # says revoked too: authenticate() falls back to it while the cache is down.
-        expiry = time.monotonic() + ttl
-        for sid in session_ids:
-            svc.pending_denies[sid] = expiry
-
-
-async def flush_pending_denies(svc: Services) -> None:
-    """Background: push revocations made while the cache was down, once it is back."""
-    while True:
-        await trio.sleep(1.0)
-        if not svc.pending_denies:
-            continue
-        now = time.monotonic()
-        for sid, expiry in list(svc.pending_denies.items()):
-            if expiry <= now:
-                del svc.pending_denies[sid]
-        pending = dict(svc.pending_denies)
-        try:
-            pipe = svc.cache.pipeline()
-            for sid, expiry in pending.items():
-                pipe.set(deny_key(sid), b"1", ttl=max(1.0, expiry - now))
-                pipe.publish(REVOKE_CHANNEL, sid)
-            await pipe.execute()
-        except CacheError:
-            continue
-        for sid in pending:
-            svc.pending_denies.pop(sid, None)
 
 
 async def _rate_limit(svc: Services, key: str, limit: int, window: int, what: str) -> None:

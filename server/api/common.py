@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from quart import current_app, g, request
 
-from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
+from protocol.errors import ProtocolError
+from server.auth.identity import Principal, authenticate, note_activity
 from server.errors import ApiError
+from server.net import forwarded_ip
 from server.services import Services
-from store.cache import CacheError
-from store.db import utcnow
 
 __all__ = [
     "Principal",
     "client_ip",
-    "deny_key",
+    "forwarded_ip",
     "parse_body",
     "require_principal",
     "services",
@@ -30,16 +29,6 @@ MAX_BODY_BYTES = 64 * 1024
 
 def services() -> Services:
     return current_app.config["PARLEY_SERVICES"]
-
-
-def forwarded_ip(header: str, remote_addr: str | None, *, trust_proxy: bool) -> str | None:
-    """The client address. Behind a trusted proxy, the rightmost ``X-Forwarded-For`` entry:
-    the one our proxy appended (entries to its left are whatever the client sent)."""
-    if trust_proxy and header:
-        last = header.rsplit(",", 1)[-1].strip()
-        if last:
-            return last[:45]
-    return (remote_addr or "")[:45] or None
 
 
 def client_ip() -> str | None:
@@ -79,66 +68,6 @@ async def parse_body(model: type[M], *, optional: bool = False) -> M:
         raise ApiError("VALIDATION_FAILED", _describe(exc)) from exc
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    user_id: str
-    session_id: str
-    kind: str
-    role: str
-    claims: AccessClaims
-
-
-def deny_key(session_id: str) -> str:
-    return f"deny:sid:{session_id}"
-
-
-async def is_session_denied(svc: Services, session_id: str) -> bool:
-    """Deny-list in the cache; if the cache is down, ask the database (slower, still right).
-
-    Revocations made here while the cache was down are also kept in-process until they
-    reach the cache (``Services.pending_denies``), so a cache that comes back empty does
-    not revive a revoked session on this instance.
-    """
-    if session_id in svc.pending_denies:
-        return True
-    try:
-        return await svc.cache.get(deny_key(session_id)) is not None
-    except CacheError:
-        from store.sessions import get_session
-
-        sess = await svc.db.read(lambda c: get_session(c, session_id))
-        return sess is None or sess.revoked_at is not None or sess.expires_at <= utcnow()
-
-
-async def authenticate(svc: Services, token: str) -> Principal:
-    """Verify an access token (signature, expiry, deny-list). Raises ApiError."""
-    try:
-        claims = svc.keyring.verify(token)
-    except TokenExpired as exc:
-        raise ApiError("AUTH_EXPIRED", "access token expired; refresh it") from exc
-    except TokenInvalid as exc:
-        raise ApiError("AUTH_INVALID", "access token invalid") from exc
-    if await is_session_denied(svc, claims.sid):
-        raise ApiError("AUTH_INVALID", "session revoked")
-    return Principal(claims.sub, claims.sid, claims.kind, claims.role, claims)
-
-
-ACTIVITY_EVERY = 3600.0
-
-
-async def note_activity(svc: Services, user_id: str) -> None:
-    """Keep ``users.last_active_at`` fresh (guests expire after days without activity):
-    at most one write per user per hour, decided by the cache."""
-    try:
-        first = await svc.cache.set_if_absent(f"active:{user_id}", b"1", ttl=ACTIVITY_EVERY)
-    except CacheError:
-        return
-    if first:
-        from store.users import touch_user
-
-        await svc.db.tx(lambda c: touch_user(c, user_id))
-
-
 async def require_principal() -> Principal:
     cached = g.get("principal")
     if cached is not None:
@@ -148,7 +77,10 @@ async def require_principal() -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError("AUTH_INVALID", "missing bearer token")
     svc = services()
-    principal = await authenticate(svc, token.strip())
+    try:
+        principal = await authenticate(svc, token.strip())
+    except ProtocolError as exc:
+        raise ApiError.from_protocol(exc) from exc
     g.principal = principal
     await note_activity(svc, principal.user_id)
     return principal

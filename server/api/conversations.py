@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
-from quart import Blueprint, Response, current_app, g, request
+from quart import Blueprint, Response, g, request
 
+from protocol.outgoing import message_data
 from server.api.common import client_ip, parse_body, require_principal, services
-from server.api.schemas import (
-    NewConversation,
-    RenameConversation,
-    conversation_json,
-    message_json,
-)
+from server.api.schemas import NewConversation, RenameConversation, conversation_json
 from server.errors import ApiError
 from store import conversations as repo
 from store.audit import record_event
 from store.records import ConversationRecord
 
-__all__ = ["bp"]
-
-bp = Blueprint("conversations", __name__)
+__all__ = ["ConversationTurns", "create_blueprint"]
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
@@ -57,90 +51,97 @@ async def _owned(conversation_id: str, user_id: str) -> ConversationRecord:
     return conv
 
 
-@bp.post("/conversations")
-async def create() -> tuple[dict[str, Any], int]:
-    principal = await require_principal()
-    body = await parse_body(NewConversation, optional=True)
-    conv = await services().db.tx(
-        lambda c: repo.create_conversation(
-            c, user_id=principal.user_id, title=body.title or "New conversation"
-        )
-    )
-    return conversation_json(conv), 201
+class ConversationTurns(Protocol):
+    """What these routes need of the turns: a deleted conversation's turn stops."""
+
+    def cancel_conversation(self, conversation_id: str) -> None: ...
 
 
-@bp.get("/conversations")
-async def list_() -> dict[str, Any]:
-    principal = await require_principal()
-    limit = _int_arg("limit", DEFAULT_PAGE, lo=1, hi=MAX_PAGE)
-    cursor = request.args.get("cursor") or None
-    try:
-        items, next_cursor = await services().db.read(
-            lambda c: repo.list_conversations(
-                c, user_id=principal.user_id, limit=limit, cursor=cursor
+def create_blueprint(turns: ConversationTurns) -> Blueprint:
+    """The conversation routes, bound to this server's turns."""
+    bp = Blueprint("conversations", __name__)
+
+    @bp.post("/conversations")
+    async def create() -> tuple[dict[str, Any], int]:
+        principal = await require_principal()
+        body = await parse_body(NewConversation, optional=True)
+        conv = await services().db.tx(
+            lambda c: repo.create_conversation(
+                c, user_id=principal.user_id, title=body.title or "New conversation"
             )
         )
-    except repo.BadCursor as exc:
-        raise ApiError("VALIDATION_FAILED", "cursor: not a cursor from this server") from exc
-    return {"items": [conversation_json(c) for c in items], "nextCursor": next_cursor}
+        return conversation_json(conv), 201
 
-
-@bp.get("/conversations/<conversation_id>")
-async def read(conversation_id: str) -> dict[str, Any]:
-    principal = await require_principal()
-    return conversation_json(await _owned(_conv_id(conversation_id), principal.user_id))
-
-
-@bp.patch("/conversations/<conversation_id>")
-async def rename(conversation_id: str) -> dict[str, Any]:
-    principal = await require_principal()
-    cid = _conv_id(conversation_id)
-    body = await parse_body(RenameConversation)
-    conv = await services().db.tx(
-        lambda c: repo.rename_conversation(c, cid, user_id=principal.user_id, title=body.title)
-    )
-    if conv is None:
-        raise ApiError("NOT_FOUND", "no such conversation")
-    return conversation_json(conv)
-
-
-@bp.delete("/conversations/<conversation_id>")
-async def delete(conversation_id: str) -> Response:
-    principal = await require_principal()
-    cid = _conv_id(conversation_id)
-    ip = client_ip()
-    trace = g.get("trace_id")
-
-    def work(c: Any) -> bool:
-        ok = repo.soft_delete_conversation(c, cid, user_id=principal.user_id)
-        if ok:
-            record_event(
-                c,
-                action="conversation_delete",
-                subject_id=principal.user_id,
-                actor_id=principal.user_id,
-                ip=ip,
-                trace_id=trace,
-                details={"conversationId": cid},
+    @bp.get("/conversations")
+    async def list_() -> dict[str, Any]:
+        principal = await require_principal()
+        limit = _int_arg("limit", DEFAULT_PAGE, lo=1, hi=MAX_PAGE)
+        cursor = request.args.get("cursor") or None
+        try:
+            items, next_cursor = await services().db.read(
+                lambda c: repo.list_conversations(
+                    c, user_id=principal.user_id, limit=limit, cursor=cursor
+                )
             )
-        return ok
+        except repo.BadCursor as exc:
+            raise ApiError("VALIDATION_FAILED", "cursor: not a cursor from this server") from exc
+        return {"items": [conversation_json(c) for c in items], "nextCursor": next_cursor}
 
-    if not await services().db.tx(work):
-        raise ApiError("NOT_FOUND", "no such conversation")
-    current_app.config["PARLEY_TURNS"].cancel_conversation(cid)
-    return Response(b"", status=204)
+    @bp.get("/conversations/<conversation_id>")
+    async def read(conversation_id: str) -> dict[str, Any]:
+        principal = await require_principal()
+        return conversation_json(await _owned(_conv_id(conversation_id), principal.user_id))
 
+    @bp.patch("/conversations/<conversation_id>")
+    async def rename(conversation_id: str) -> dict[str, Any]:
+        principal = await require_principal()
+        cid = _conv_id(conversation_id)
+        body = await parse_body(RenameConversation)
+        conv = await services().db.tx(
+            lambda c: repo.rename_conversation(c, cid, user_id=principal.user_id, title=body.title)
+        )
+        if conv is None:
+            raise ApiError("NOT_FOUND", "no such conversation")
+        return conversation_json(conv)
 
-@bp.get("/conversations/<conversation_id>/messages")
-async def history(conversation_id: str) -> dict[str, Any]:
-    principal = await require_principal()
-    cid = _conv_id(conversation_id)
-    after = _int_arg("afterSeq", 0, lo=0, hi=2**31 - 1)
-    limit = _int_arg("limit", 100, lo=1, hi=500)
-    await _owned(cid, principal.user_id)
-    rows = await services().db.read(
-        lambda c: repo.list_messages(c, cid, after_seq=after, limit=limit + 1)
-    )
-    items = rows[:limit]
-    next_cursor = str(items[-1].seq) if len(rows) > limit else None
-    return {"items": [message_json(m) for m in items], "nextCursor": next_cursor}
+    @bp.delete("/conversations/<conversation_id>")
+    async def delete(conversation_id: str) -> Response:
+        principal = await require_principal()
+        cid = _conv_id(conversation_id)
+        ip = client_ip()
+        trace = g.get("trace_id")
+
+        def work(c: Any) -> bool:
+            ok = repo.soft_delete_conversation(c, cid, user_id=principal.user_id)
+            if ok:
+                record_event(
+                    c,
+                    action="conversation_delete",
+                    subject_id=principal.user_id,
+                    actor_id=principal.user_id,
+                    ip=ip,
+                    trace_id=trace,
+                    details={"conversationId": cid},
+                )
+            return ok
+
+        if not await services().db.tx(work):
+            raise ApiError("NOT_FOUND", "no such conversation")
+        turns.cancel_conversation(cid)
+        return Response(b"", status=204)
+
+    @bp.get("/conversations/<conversation_id>/messages")
+    async def history(conversation_id: str) -> dict[str, Any]:
+        principal = await require_principal()
+        cid = _conv_id(conversation_id)
+        after = _int_arg("afterSeq", 0, lo=0, hi=2**31 - 1)
+        limit = _int_arg("limit", 100, lo=1, hi=500)
+        await _owned(cid, principal.user_id)
+        rows = await services().db.read(
+            lambda c: repo.list_messages(c, cid, after_seq=after, limit=limit + 1)
+        )
+        items = rows[:limit]
+        next_cursor = str(items[-1].seq) if len(rows) > limit else None
+        return {"items": [message_data(m) for m in items], "nextCursor": next_cursor}
+
+    return bp

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, EmailStr, StringConstraints, field_validator
 
 from protocol.frames import format_timestamp
-from store.records import ConversationRecord, MessageRecord, SessionRecord, UserRecord
+from store.records import ConversationRecord, SessionRecord, UserRecord
 
 __all__ = [
     "Credentials",
@@ -19,7 +19,6 @@ __all__ = [
     "RenameConversation",
     "conversation_json",
     "iso",
-    "message_json",
     "session_json",
     "user_json",
 ]
@@ -108,18 +107,4 @@ def conversation_json(c: ConversationRecord) -> dict[str, Any]:
         "createdAt": iso(c.created_at),
         "updatedAt": iso(c.updated_at),
         "lastSeq": c.last_seq,
-    }
-
-
-def message_json(m: MessageRecord) -> dict[str, Any]:
-    """A ``Message``: REST history and the WebSocket ``chat.message`` frame alike."""
-    return {
-        "id": m.id,
-        "conversationId": m.conversation_id,
-        "seq": m.seq,
-        "role": m.role,
-        "content": m.content,
-        "status": m.status,
-        "finishReason": m.finish_reason,
-        "createdAt": iso(m.created_at),
     }

@@ -210,6 +210,10 @@ class ResilientUpstream:
         finally:
             await call.aclose()
 
+    def unavailable_for(self) -> float:
+        """Seconds the breaker will still skip the upstream (0: calls go through)."""
+        return self.breaker.retry_in()
+
     async def aclose(self) -> None:
         await self.provider.aclose()
 

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
-
-import trio
 
 from protocol.close_codes import CloseCode, close_reason
-from server.logging import get_logger
-from store.cache import CacheEngine, CacheError
+from server.ws.state import Connection
 
-if TYPE_CHECKING:
-    from server.ws.connection import Connection
-
-__all__ = ["REVOKE_CHANNEL", "Hub"]
-
-REVOKE_CHANNEL = "parley:revoked"
-log = get_logger("parley.hub")
+__all__ = ["Hub"]
 
 
 class Hub:
@@ -54,16 +44,3 @@ class Hub:
                 conn.close(int(CloseCode.TOKEN_INVALID), close_reason(CloseCode.TOKEN_INVALID))
                 n += 1
         return n
-
-    async def watch_revocations(self, cache: CacheEngine) -> None:
-        """Listen for revoked sessions from every instance; resubscribe after a cache fault."""
-        while True:
-            try:
-                async with cache.subscribe(REVOKE_CHANNEL) as sub:
-                    async for _channel, message in sub:
-                        self.close_session(message.decode(errors="replace"))
-            except CacheError:
-                log.warning("revocation_feed_lost")
-            except Exception:
-                log.exception("revocation_feed_failed")
-            await trio.sleep(1.0)

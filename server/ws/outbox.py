@@ -12,18 +12,14 @@ from collections import deque
 
 import trio
 
-from protocol.coalesce import OutboundFrame, OutboundQueue
+from protocol.coalesce import OutboundQueue
+from protocol.outgoing import OutboundFrame, ReplyTo, StreamDelta
 
-__all__ = ["MAX_OUTBOX_BYTES", "MAX_OUTBOX_FRAMES", "Outbox"]
-
-MAX_OUTBOX_BYTES = 1024 * 1024
-MAX_OUTBOX_FRAMES = 2048
+__all__ = ["Outbox"]
 
 
 class Outbox:
-    def __init__(
-        self, *, max_frames: int = MAX_OUTBOX_FRAMES, max_bytes: int = MAX_OUTBOX_BYTES
-    ) -> None:
+    def __init__(self, *, max_frames: int = 2048, max_bytes: int = 1024 * 1024) -> None:
         self.queue = OutboundQueue(max_frames=max_frames, max_bytes=max_bytes)
         # When each queued item's first delta came from upstream (None for other frames),
         # kept beside the queue: relay latency is measured from it when the frame is written.
@@ -38,38 +34,21 @@ class Outbox:
             self.over_since = trio.current_time()
         self._ready.set()
 
-    def push_frame(self, text: str, type: str) -> None:
+    def push_frame(self, frame: OutboundFrame) -> None:
         if self.closed:
             return
-        self.queue.push_frame(text, type)
+        self.queue.push_frame(frame)
         self._t0.append(None)
         self._pushed()
 
     def push_stream(
-        self,
-        *,
-        conversation_id: str,
-        message_id: str,
-        seq: int,
-        chunk: int,
-        delta: str,
-        request_id: str | None,
-        trace_id: str,
-        t0: float | None = None,
-        gap: float = 1.0,
+        self, delta: StreamDelta, reply: ReplyTo, t0: float | None = None, gap: float = 1.0
     ) -> None:
+        """``t0``: when the delta came from upstream; ``gap``: how far apart that message's
+        deltas come (the writer's coalescing reads both)."""
         if self.closed:
             return
-        merged = self.queue.push_stream(
-            conversation_id=conversation_id,
-            message_id=message_id,
-            seq=seq,
-            chunk=chunk,
-            delta=delta,
-            request_id=request_id,
-            trace_id=trace_id,
-        )
-        if not merged:
+        if not self.queue.push_stream(delta, reply):
             self._t0.append(None if t0 is None else (t0, gap))
         self._pushed()
 

@@ -259,7 +259,7 @@ async def test_chat_send_rate_limit_per_user(live: LiveServer) -> None:
 async def test_revoked_session_frame_gets_error_then_4500(live: LiveServer) -> None:
     """The deny-list check on a frame that starts work (not the pub/sub close): the error
     comes first, then the close."""
-    from server.api.common import deny_key
+    from server.auth.identity import deny_key
 
     rest, _, token = await account(live)
     conv = await rest.conversation(token)

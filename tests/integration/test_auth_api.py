@@ -329,7 +329,7 @@ async def test_parallel_guesses_cannot_overshoot_the_limit(api: ApiClient) -> No
 async def test_revocation_survives_a_cache_outage(api: ApiClient) -> None:
     import trio
 
-    from server.api.common import deny_key
+    from server.auth.identity import deny_key
     from store.cache import CacheUnavailable
 
     acct = await api.register()

@@ -1,4 +1,4 @@
-from server.api.common import forwarded_ip
+from server.net import forwarded_ip
 
 
 def test_rightmost_forwarded_entry_when_trusted() -> None:

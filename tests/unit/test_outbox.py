@@ -6,6 +6,7 @@ import orjson
 import trio
 import trio.testing
 
+from protocol.outgoing import OutboundFrame, ReplyTo, StreamDelta
 from server.ws.outbox import Outbox
 
 CONV = "6f1c8f7e-4a40-4d3e-9d65-1b8f1e0c2a11"
@@ -13,23 +14,14 @@ MSG = "0b7e4b1a-0a8e-4c6a-9a3e-2f1d6c5b4a39"
 
 
 def push(ob: Outbox, chunk: int, delta: str, t0: float | None = None) -> None:
-    ob.push_stream(
-        conversation_id=CONV,
-        message_id=MSG,
-        seq=2,
-        chunk=chunk,
-        delta=delta,
-        request_id="r",
-        trace_id="a" * 32,
-        t0=t0,
-    )
+    ob.push_stream(StreamDelta(CONV, MSG, 2, chunk, delta), ReplyTo("r", "a" * 32), t0)
 
 
 async def test_merges_while_behind_and_keeps_first_t0() -> None:
     ob = Outbox()
     push(ob, 0, "Hel", t0=1.0)
     push(ob, 1, "lo", t0=2.0)
-    ob.push_frame('{"type":"pong"}', "pong")
+    ob.push_frame(OutboundFrame('{"type":"pong"}', "pong"))
     push(ob, 2, "!", t0=3.0)
     first = ob.pop()
     assert first is not None
@@ -46,11 +38,11 @@ async def test_merges_while_behind_and_keeps_first_t0() -> None:
 async def test_stall_reported_from_first_overflow_and_cleared() -> None:
     ob = Outbox(max_frames=2, max_bytes=10_000)
     for i in range(3):
-        ob.push_frame(f'{{"n":{i}}}', "x")
+        ob.push_frame(OutboundFrame(f'{{"n":{i}}}', "x"))
     assert ob.over_since is not None
     since = ob.over_since
     await trio.sleep(0.01)
-    ob.push_frame("{}", "x")
+    ob.push_frame(OutboundFrame("{}", "x"))
     assert ob.over_since == since  # the clock starts at the first overflow
     ob.pop()
     ob.pop()
@@ -75,5 +67,5 @@ async def test_wait_wakes_on_push_and_close_drops_everything() -> None:
     assert woke.is_set()
     ob.close()
     push(ob, 1, "y")
-    ob.push_frame("{}", "x")
+    ob.push_frame(OutboundFrame("{}", "x"))
     assert ob.pop() is None and ob.closed

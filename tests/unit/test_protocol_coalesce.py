@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from protocol.coalesce import OutboundFrame, OutboundQueue
 from protocol.codec import encode_server_frame, validate_server_frame
+from protocol.outgoing import ReplyTo, StreamDelta
 
 C1 = "0b7e6b3c-7d0a-4a9e-9a57-5b8c5f1e2d3c"
 C2 = "1b7e6b3c-7d0a-4a9e-9a57-5b8c5f1e2d3c"
@@ -23,9 +24,8 @@ T2 = "00f067aa0ba902b700f067aa0ba902b7"
 def push(
     q: OutboundQueue, chunk: int, delta: str, conv: str = C1, msg: str = M1, **kw: Any
 ) -> bool:
-    kw.setdefault("request_id", "r1")
-    kw.setdefault("trace_id", T1)
-    return q.push_stream(conv, msg, kw.pop("seq", 2), chunk, delta, **kw)
+    reply = ReplyTo(kw.get("request_id", "r1"), kw.get("trace_id", T1))
+    return q.push_stream(StreamDelta(conv, msg, kw.get("seq", 2), chunk, delta), reply)
 
 
 def data(f: OutboundFrame | None) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def test_adjacent_deltas_merge() -> None:
 def test_never_merges_across_another_frame() -> None:
     q = OutboundQueue(max_frames=10, max_bytes=10_000)
     push(q, 0, "a")
-    q.push_frame(ack(), "chat.ack")
+    q.push_frame(OutboundFrame(ack(), "chat.ack"))
     assert push(q, 1, "b") is False
     assert push(q, 2, "c") is True
     out = [q.pop() for _ in range(3)]
@@ -172,8 +172,8 @@ def test_bytes_queued_is_exact() -> None:
     for i in range(1, 12):  # crosses 9 -> 10: the chunk number grows a digit
         push(q, i, "x")
     push(q, 0, "y", request_id='q"é')
-    q.push_frame("é" * 10, "chat.message")
-    q.push_frame("abc", "pong")
+    q.push_frame(OutboundFrame("é" * 10, "chat.message"))
+    q.push_frame(OutboundFrame("abc", "pong"))
     total = q.bytes_queued
     popped = 0
     while (f := q.pop()) is not None:
@@ -195,10 +195,10 @@ def test_over_limit_by_bytes() -> None:
 
 def test_over_limit_by_frames() -> None:
     q = OutboundQueue(max_frames=2, max_bytes=1 << 20)
-    q.push_frame("a", "pong")
-    q.push_frame("b", "pong")
+    q.push_frame(OutboundFrame("a", "pong"))
+    q.push_frame(OutboundFrame("b", "pong"))
     assert not q.over_limit
-    q.push_frame("c", "pong")
+    q.push_frame(OutboundFrame("c", "pong"))
     assert q.over_limit  # reported, never refused
     assert [q.pop() for _ in range(3)] == [
         OutboundFrame("a", "pong"),
@@ -210,7 +210,7 @@ def test_over_limit_by_frames() -> None:
 def test_clear() -> None:
     q = OutboundQueue(max_frames=10, max_bytes=10_000)
     push(q, 0, "a")
-    q.push_frame("b", "pong")
+    q.push_frame(OutboundFrame("b", "pong"))
     q.clear()
     assert q.frames_queued == 0 and q.bytes_queued == 0 and q.pop() is None
 
@@ -256,11 +256,11 @@ def test_coalescing_is_lossless_and_ordered(ops: list[tuple[str, int, str]], bou
             conv, msg, seq, rid, tid = MESSAGES[m]
             chunk = next_chunk[m]
             next_chunk[m] += 1
-            q.push_stream(conv, msg, seq, chunk, text, request_id=rid, trace_id=tid)
+            q.push_stream(StreamDelta(conv, msg, seq, chunk, text), ReplyTo(rid, tid))
             pushed.append(("delta", m, chunk, text))
         elif kind == "frame":
             encoded = orjson.dumps({"other": text, "n": len(pushed)}).decode()
-            q.push_frame(encoded, "chat.ack")
+            q.push_frame(OutboundFrame(encoded, "chat.ack"))
             pushed.append(("frame", encoded))
         else:
             pop()

@@ -12,17 +12,18 @@ from hypothesis import strategies as st
 
 import protocol.codec as codec
 from protocol.close_codes import CloseCode
+from protocol import outgoing
 from protocol.codec import (
     MAX_CONTENT_CHARS,
     MAX_FRAME_BYTES,
     ClientFrame,
     encode_client_frame,
-    encode_error,
     encode_server_frame,
     new_trace_id,
     parse_client_frame,
     validate_server_frame,
 )
+from protocol.outgoing import ReplyTo
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import (
     AuthRefresh,
@@ -334,6 +335,10 @@ def test_encode_server_frame_shape() -> None:
     assert orjson.loads(text)["data"]["delta"] == 'a"\n😀'
     assert orjson.loads(text)["type"] == "chat.stream"
     validate_server_frame(text)
+
+
+def encode_error(err: ProtocolError, *, trace_id: str) -> str:
+    return outgoing.error(err, ReplyTo(None, trace_id)).text
 
 
 def test_encode_error() -> None:

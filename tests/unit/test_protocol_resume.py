@@ -33,11 +33,10 @@ def test_window_defaults() -> None:
 def test_nothing_missed() -> None:
     plan = plan_resume(last_message_seq=6, last_chunk=None, server_last_seq=6, stored=[])
     assert plan == ReplayPlan(
-        messages=(), in_flight_seq=None, stream=(), live_from_chunk=0, replay_bytes=0
+        messages=(), in_flight_seq=None, stream=(), stream_from_chunk=0, replay_bytes=0
     )
     assert isinstance(plan, ReplayPlan)
     assert plan.replayed == 0 and plan.live is False
-    assert plan.merged_stream() is None
 
 
 def test_stored_messages_only() -> None:
@@ -69,10 +68,9 @@ def test_in_flight_missing_chunks() -> None:
     assert plan.messages == ()
     assert plan.in_flight_seq == 4
     assert plan.stream == ((2, "o"), (3, "!"))
-    assert plan.live_from_chunk == 4
+    assert plan.stream_from_chunk == 2
     assert plan.live and plan.replayed == 2
     assert plan.replay_bytes == 2
-    assert plan.merged_stream() == (3, "o!")
 
 
 @pytest.mark.parametrize("last_chunk", [None, -1])
@@ -86,7 +84,7 @@ def test_in_flight_none_held(last_chunk: int | None) -> None:
     )
     assert isinstance(plan, ReplayPlan)
     assert plan.stream == CHUNKS
-    assert plan.merged_stream() == (3, "Hello!")
+    assert plan.stream_from_chunk == 0
 
 
 def test_in_flight_all_held() -> None:
@@ -98,7 +96,7 @@ def test_in_flight_all_held() -> None:
         in_flight=InFlight(4, CHUNKS),
     )
     assert isinstance(plan, ReplayPlan)
-    assert plan.stream == () and plan.live and plan.live_from_chunk == 4
+    assert plan.stream == () and plan.live and plan.stream_from_chunk == 4
     assert plan.replayed == 0
 
 
@@ -107,7 +105,7 @@ def test_in_flight_not_started() -> None:
         last_message_seq=3, last_chunk=None, server_last_seq=4, stored=[], in_flight=InFlight(4)
     )
     assert isinstance(plan, ReplayPlan)
-    assert plan.stream == () and plan.live and plan.live_from_chunk == 0
+    assert plan.stream == () and plan.live and plan.stream_from_chunk == 0
 
 
 def test_client_further_behind_gets_messages_then_all_chunks() -> None:
@@ -281,4 +279,4 @@ def test_replay_completes_the_client(n: int, deltas: list[str], data: st.DataObj
     have = "".join(deltas[: held + 1]) + "".join(d for _, d in plan.stream)
     assert have == "".join(deltas)
     assert [c for c, _ in plan.stream] == list(range(held + 1, len(deltas)))
-    assert plan.live_from_chunk == len(deltas)
+    assert plan.stream_from_chunk == held + 1

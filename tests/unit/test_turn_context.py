@@ -6,8 +6,10 @@ import datetime as dt
 from types import SimpleNamespace
 from typing import Any
 
+from protocol.turn import Turn
 from server.llm.base import ChatMessage
-from server.turns import LiveTurn, TurnManager
+from server.turns import LiveTurn, TurnConfig
+from server.turns.generation import Generation
 from store.records import MessageRecord
 
 NOW = dt.datetime(2026, 1, 1)
@@ -34,9 +36,10 @@ def record(seq: int, role: str) -> MessageRecord:
     )
 
 
-def manager(system_prompt: str) -> TurnManager:
-    svc: Any = SimpleNamespace(settings=SimpleNamespace(llm_system_prompt=system_prompt))
-    return TurnManager(svc, upstream=SimpleNamespace())
+def manager(system_prompt: str) -> Generation:
+    svc: Any = SimpleNamespace()
+    upstream: Any = SimpleNamespace()
+    return Generation(svc, upstream, TurnConfig(system_prompt=system_prompt), {})
 
 
 def live(history: list[tuple[str, str]]) -> LiveTurn:
@@ -48,15 +51,16 @@ def live(history: list[tuple[str, str]]) -> LiveTurn:
         assistant=record(4, "assistant"),
         history=history,
         received_at=0.0,
+        turn=Turn(),
     )
 
 
 def test_history_in_order_with_system_prompt_first() -> None:
     turn = live([("user", "hi"), ("assistant", "hello"), ("user", "and now?")])
-    assert manager("Be brief.")._upstream_messages(turn) == [
+    assert manager("Be brief.").upstream_messages(turn) == [
         ChatMessage("system", "Be brief."),
         ChatMessage("user", "hi"),
         ChatMessage("assistant", "hello"),
         ChatMessage("user", "and now?"),
     ]
-    assert manager("")._upstream_messages(turn)[0] == ChatMessage("user", "hi")
+    assert manager("").upstream_messages(turn)[0] == ChatMessage("user", "hi")

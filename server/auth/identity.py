@@ -1,0 +1,159 @@
+"""Who is calling, and whether that still holds: one place for REST and WebSocket alike.
+
+- :func:`authenticate` verifies an access token (signature, key ring, expiry) and
+  checks its session against the deny-list;
+- :func:`revoke_sessions` deny-lists sessions on every instance and tells every
+  instance's sockets of those sessions to close (:data:`REVOKE_CHANNEL`);
+  :func:`watch_revocations` is the listening side;
+- :func:`note_activity` keeps ``users.last_active_at`` fresh (guest expiry).
+
+While the cache is down, revocations made here are kept in-process
+(``Services.pending_denies``) until :func:`flush_pending_denies` hands them to the
+cache, and :func:`is_session_denied` asks the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from protocol.errors import ErrorCode, ProtocolError
+from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
+from server.logging import get_logger
+from server.services import Services
+from store.cache import CacheEngine, CacheError
+from store.db import utcnow
+from store.sessions import get_session
+from store.users import touch_user
+
+__all__ = [
+    "ACTIVITY_EVERY",
+    "REVOKE_CHANNEL",
+    "Principal",
+    "authenticate",
+    "deny_key",
+    "flush_pending_denies",
+    "is_session_denied",
+    "note_activity",
+    "revoke_sessions",
+    "watch_revocations",
+]
+
+REVOKE_CHANNEL = "parley:revoked"
+ACTIVITY_EVERY = 3600.0
+
+log = get_logger("parley.identity")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    session_id: str
+    kind: str
+    role: str
+    claims: AccessClaims
+
+
+def deny_key(session_id: str) -> str:
+    return f"deny:sid:{session_id}"
+
+
+async def is_session_denied(svc: Services, session_id: str) -> bool:
+    """Deny-list in the cache; if the cache is down, ask the database (slower, still right).
+
+    Revocations made here while the cache was down are also kept in-process until they
+    reach the cache (``Services.pending_denies``), so a cache that comes back empty does
+    not revive a revoked session on this instance.
+    """
+    if session_id in svc.pending_denies:
+        return True
+    try:
+        return await svc.cache.get(deny_key(session_id)) is not None
+    except CacheError:
+        sess = await svc.db.read(lambda c: get_session(c, session_id))
+        return sess is None or sess.revoked_at is not None or sess.expires_at <= utcnow()
+
+
+async def authenticate(svc: Services, token: str) -> Principal:
+    """Verify an access token (signature, expiry, deny-list).
+
+    Raises ``ProtocolError`` ``AUTH_EXPIRED`` or ``AUTH_INVALID``.
+    """
+    try:
+        claims = svc.keyring.verify(token)
+    except TokenExpired as exc:
+        raise ProtocolError(ErrorCode.AUTH_EXPIRED, "access token expired; refresh it") from exc
+    except TokenInvalid as exc:
+        raise ProtocolError(ErrorCode.AUTH_INVALID, "access token invalid") from exc
+    if await is_session_denied(svc, claims.sid):
+        raise ProtocolError(ErrorCode.AUTH_INVALID, "session revoked")
+    return Principal(claims.sub, claims.sid, claims.kind, claims.role, claims)
+
+
+async def note_activity(svc: Services, user_id: str) -> None:
+    """Keep ``users.last_active_at`` fresh (guests expire after days without activity):
+    at most one write per user per hour, decided by the cache."""
+    try:
+        first = await svc.cache.set_if_absent(f"active:{user_id}", b"1", ttl=ACTIVITY_EVERY)
+    except CacheError:
+        return
+    if first:
+        await svc.db.tx(lambda c: touch_user(c, user_id))
+
+
+async def revoke_sessions(svc: Services, session_ids: list[str]) -> None:
+    """Deny-list revoked sessions (every instance sees it) and tell live sockets to close."""
+    ttl = svc.settings.access_token_ttl_seconds + 5
+    try:
+        pipe = svc.cache.pipeline()
+        for sid in session_ids:
+            pipe.set(deny_key(sid), b"1", ttl=ttl)
+            pipe.publish(REVOKE_CHANNEL, sid)
+        await pipe.execute()
+    except CacheError:
+        # Kept in-process until the cache takes it (flush_pending_denies), and the database
+        # says revoked too: is_session_denied() falls back to it while the cache is down.
+        expiry = time.monotonic() + ttl
+        for sid in session_ids:
+            svc.pending_denies[sid] = expiry
+
+
+async def flush_pending_denies(svc: Services) -> None:
+    """Background: push revocations made while the cache was down, once it is back."""
+    while True:
+        await trio.sleep(1.0)
+        if not svc.pending_denies:
+            continue
+        now = time.monotonic()
+        for sid, expiry in list(svc.pending_denies.items()):
+            if expiry <= now:
+                del svc.pending_denies[sid]
+        pending = dict(svc.pending_denies)
+        try:
+            pipe = svc.cache.pipeline()
+            for sid, expiry in pending.items():
+                pipe.set(deny_key(sid), b"1", ttl=max(1.0, expiry - now))
+                pipe.publish(REVOKE_CHANNEL, sid)
+            await pipe.execute()
+        except CacheError:
+            continue
+        for sid in pending:
+            svc.pending_denies.pop(sid, None)
+
+
+async def watch_revocations(cache: CacheEngine, on_revoked: Callable[[str], object]) -> None:
+    """Listen for revoked sessions from every instance and call ``on_revoked(session_id)``;
+    resubscribe after a cache fault."""
+    while True:
+        try:
+            async with cache.subscribe(REVOKE_CHANNEL) as sub:
+                async for _channel, message in sub:
+                    on_revoked(message.decode(errors="replace"))
+        except CacheError:
+            log.warning("revocation_feed_lost")
+        except Exception:
+            log.exception("revocation_feed_failed")
+        await trio.sleep(1.0)

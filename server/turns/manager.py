@@ -1,0 +1,138 @@
+"""TurnManager: the front of the turns package, what connections and routes call.
+
+``send`` checks, stores the user message and an empty assistant message, acks,
+and starts the generation in the server-wide nursery (:meth:`run`), so a closed
+tab does not stop it; ``cancel`` does. The work itself lives beside this
+module: starts (:mod:`.starts`), the generation (:mod:`.generation`), duplicates
+and resume (:mod:`.replay`), the live turn and its listeners (:mod:`.live`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from protocol.frames import ChatResume, ChatSend
+from protocol.turn import Turn
+from server.services import Services
+from server.turns.config import TurnConfig
+from server.turns.generation import Generation
+from server.turns.live import Listener, LiveTurn, OutboxLike, Upstream
+from server.turns.replay import Replay
+from server.turns.starts import PendingStart, StartQueue, precheck, refusal
+from store.messages import BeginOutcome, BeginRequest, BeginResult
+
+__all__ = ["TurnManager"]
+
+
+class TurnManager:
+    """Every live turn of this instance, and the rules of starting and ending one."""
+
+    def __init__(self, svc: Services, upstream: Upstream, cfg: TurnConfig | None = None) -> None:
+        self.svc = svc
+        self.upstream = upstream
+        self.cfg = cfg or TurnConfig.from_settings(svc.settings)
+        self.live: dict[str, LiveTurn] = {}
+        self.generation = Generation(svc, upstream, self.cfg, self.live)
+        self.replay = Replay(svc, self.cfg, self.live)
+        self._starts = StartQueue(
+            svc,
+            max_user_turns=self.cfg.max_turns_per_user,
+            batch_max=self.cfg.begin_batch_max,
+            on_started=self._start,
+        )
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The server-wide nursery that owns every generation."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.generation.checkpoint_loop)
+            task_status.started()
+            await trio.sleep_forever()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "TurnManager.run() is not running"
+        return self._nursery
+
+    # -- chat.send -----------------------------------------------------------------
+
+    async def send(self, *, user_id: str, data: ChatSend, listener: Listener) -> None:
+        """Start (or join, for a known messageId) a turn. Raises ProtocolError before any ack."""
+        received_at = time.perf_counter()
+        conv_id, client_id, content = str(data.conversationId), str(data.messageId), data.content
+        check = await precheck(
+            self.svc,
+            self.upstream,
+            user_id=user_id,
+            conversation_id=conv_id,
+            client_message_id=client_id,
+            content=content,
+        )
+        request = BeginRequest(user_id, conv_id, client_id, content, must_exist=check.known)
+        result = await self._starts.submit(
+            self.nursery, PendingStart(request, listener, received_at, check.dup_key)
+        )
+        err = refusal(result.outcome, self.cfg.max_turns_per_user)
+        if err is not None:
+            raise err
+        assert result.user_message is not None
+        if result.outcome is BeginOutcome.DUPLICATE:
+            await self.replay.duplicate(
+                conv_id, result.user_message, result.assistant_message, listener
+            )
+        # STARTED: the start queue has acknowledged it and started its task already.
+
+    def _start(self, p: PendingStart, res: BeginResult) -> None:
+        """Right after the commit, with no await: register, ack, generate."""
+        assert res.user_message is not None and res.assistant_message is not None
+        req = p.request
+        live = LiveTurn(
+            conversation_id=req.conversation_id,
+            user_id=req.user_id,
+            client_message_id=req.client_message_id,
+            user_message=res.user_message,
+            assistant=res.assistant_message,
+            history=res.history,
+            received_at=p.received_at,
+            turn=Turn(
+                max_output_tokens=self.cfg.max_output_tokens,
+                max_output_bytes=self.cfg.max_output_bytes,
+            ),
+            listeners=[p.listener],
+            dup_key=p.dup_key,
+        )
+        self.live[req.conversation_id] = live
+        live.ack(p.listener, duplicate=False)
+        self.nursery.start_soon(self.generation.run, live, self.nursery)
+
+    # -- chat.resume, chat.cancel, connections --------------------------------------
+
+    async def resume(self, *, user_id: str, data: ChatResume, listener: Listener) -> None:
+        await self.replay.resume(user_id=user_id, data=data, listener=listener)
+
+    def cancel(self, *, user_id: str, conversation_id: str, message_id: str) -> bool:
+        live = self.live.get(conversation_id)
+        if live is None or live.user_id != user_id or live.message_id != message_id:
+            return False
+        live.cancel()
+        return True
+
+    def cancel_conversation(self, conversation_id: str) -> None:
+        """The conversation was deleted: stop its turn (it ends cancelled)."""
+        live = self.live.get(conversation_id)
+        if live is not None:
+            live.cancel()
+
+    def interrupt_all(self) -> int:
+        """Drain: cut every turn still running; each ends ``interrupted``, text stored."""
+        for live in self.live.values():
+            live.cancel_scope.cancel()
+        return len(self.live)
+
+    def detach(self, outbox: OutboxLike) -> None:
+        """A connection closed: stop sending it frames (the turns go on)."""
+        for live in self.live.values():
+            live.detach(outbox)

@@ -1,0 +1,174 @@
+"""Starting a turn: the checks before anything is stored, and group commit.
+
+:func:`precheck` refuses what can be refused without the database (the same
+content again within the duplicate window; the upstream's breaker open). The
+:class:`StartQueue` then stores turn starts that arrive together in one
+transaction; :data:`REFUSALS` says what each refused start answers (nothing
+was stored for any of them).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from protocol.errors import ErrorCode, ProtocolError
+from server.services import Services
+from server.turns.live import Listener, Upstream
+from store import messages as store_messages
+from store.cache import CacheError
+from store.messages import BeginOutcome, BeginRequest, BeginResult
+
+__all__ = ["PendingStart", "StartQueue", "idem_key", "precheck", "refusal"]
+
+
+def idem_key(conversation_id: str, client_message_id: str) -> str:
+    """The cache key of an idempotency key (``messageId`` → assistant message id)."""
+    return f"idem:{conversation_id}:{client_message_id}"
+
+
+def dup_key(user_id: str, conversation_id: str, content: str) -> str:
+    digest = hashlib.sha256(content.encode()).hexdigest()[:32]
+    return f"dup:{user_id}:{conversation_id}:{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Precheck:
+    known: bool  # the cache knows this messageId: it replays or joins
+    dup_key: str
+
+
+async def precheck(
+    svc: Services,
+    upstream: Upstream,
+    *,
+    user_id: str,
+    conversation_id: str,
+    client_message_id: str,
+    content: str,
+) -> Precheck:
+    """Refuse, before anything is stored, what needs no database. Raises ProtocolError."""
+    key = dup_key(user_id, conversation_id, content)
+    known: bytes | None = None
+    try:
+        known, dup = await svc.cache.get_many([idem_key(conversation_id, client_message_id), key])
+        if known is None and dup is not None:
+            raise ProtocolError(
+                ErrorCode.DUPLICATE_CONTENT, "the same message was sent moments ago"
+            )
+    except CacheError:
+        pass  # the database still finds duplicates by messageId
+    # A known messageId replays or joins: it needs no upstream call.
+    wait = 0.0 if known is not None else upstream.unavailable_for()
+    if wait > 0:
+        # Fail fast, before anything is stored: the upstream is being skipped.
+        raise ProtocolError(
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            "the model is unavailable; retry shortly",
+            retry_after_ms=max(1, int(wait * 1000)),
+        )
+    return Precheck(known is not None, key)
+
+
+def refusal(outcome: BeginOutcome, max_turns_per_user: int) -> ProtocolError | None:
+    """The error a turn start the database refused answers; None when it was not refused."""
+    if outcome is BeginOutcome.EXPIRED:
+        return ProtocolError(
+            ErrorCode.REPLAY_EXPIRED,
+            "that message is no longer stored; nothing was generated again",
+        )
+    if outcome is BeginOutcome.NOT_FOUND:
+        return ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
+    if outcome is BeginOutcome.CONFLICT:
+        return ProtocolError(
+            ErrorCode.IDEMPOTENCY_CONFLICT, "this messageId was used with other content"
+        )
+    if outcome is BeginOutcome.BUSY:
+        return ProtocolError(
+            ErrorCode.CONVERSATION_BUSY,
+            "a reply is still streaming in this conversation",
+            retry_after_ms=1000,
+        )
+    if outcome is BeginOutcome.TOO_MANY:
+        return ProtocolError(
+            ErrorCode.CONVERSATION_BUSY,
+            f"at most {max_turns_per_user} replies may stream at once per user",
+            retry_after_ms=1000,
+        )
+    return None
+
+
+@dataclass(eq=False)
+class PendingStart:
+    request: BeginRequest
+    listener: Listener
+    received_at: float
+    dup_key: str
+    done: trio.Event = field(default_factory=trio.Event)
+    result: BeginResult | None = None
+    error: Exception | None = None
+
+
+class StartQueue:
+    """Turn starts that arrive together share one transaction (group commit).
+
+    ``on_started`` is called for each start the database took, right after the commit
+    and with no await in between, inside the server-wide nursery: a requester that goes
+    away meanwhile cannot leave an ownerless ``streaming`` row.
+    """
+
+    def __init__(
+        self,
+        svc: Services,
+        *,
+        max_user_turns: int,
+        batch_max: int,
+        on_started: Callable[[PendingStart, BeginResult], None],
+    ) -> None:
+        self.svc = svc
+        self.max_user_turns = max_user_turns
+        self.batch_max = batch_max
+        self.on_started = on_started
+        self._pending: list[PendingStart] = []
+        self._flushing = False
+
+    async def submit(self, nursery: trio.Nursery, pending: PendingStart) -> BeginResult:
+        self._pending.append(pending)
+        if not self._flushing:
+            self._flushing = True
+            nursery.start_soon(self._flush)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self.batch_max]
+                del self._pending[: self.batch_max]
+                try:
+                    results = await self.svc.db.tx(
+                        functools.partial(
+                            store_messages.begin_turns,
+                            requests=[p.request for p in batch],
+                            max_user_turns=self.max_user_turns,
+                        )
+                    )
+                except Exception as exc:
+                    for p in batch:
+                        p.error = exc
+                        p.done.set()
+                    continue
+                for p, res in zip(batch, results, strict=True):
+                    p.result = res
+                    if res.outcome is BeginOutcome.STARTED:
+                        self.on_started(p, res)
+                    p.done.set()
+        finally:
+            self._flushing = False

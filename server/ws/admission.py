@@ -1,0 +1,113 @@
+"""The WebSocket handshake: what is refused before the upgrade, and who is connecting after it.
+
+Before accepting: draining (503), a foreign ``Origin`` (403), no ``chat.v1``
+subprotocol (400), too many upgrades from the address (429) — each with a
+message that says what to change. After accepting with ``chat.v1`` (so a
+browser can read the close code): the bearer token (close 4001 or 4500), the
+instance's cap (1013) and the user's cap (4504).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from quart import abort, websocket
+
+from protocol.close_codes import CloseCode, close_reason
+from protocol.errors import AUTH_CLOSE_CODES, ErrorCode, ProtocolError
+from server.auth.identity import Principal, authenticate
+from server.logging import get_logger
+from server.net import forwarded_ip
+from server.services import Services
+from server.ws.heartbeat import SCOPE_KEY
+from server.ws.hub import Hub
+from server.ws.outbox import Outbox
+from server.ws.state import Connection, WsConfig
+from store.cache import CacheError
+
+__all__ = ["BEARER_PREFIX", "SUBPROTOCOL", "admit"]
+
+log = get_logger("parley.ws")
+
+SUBPROTOCOL = "chat.v1"
+BEARER_PREFIX = "bearer."
+
+
+def _client_ip(svc: Services) -> str:
+    ip = forwarded_ip(
+        websocket.headers.get("X-Forwarded-For", ""),
+        websocket.remote_addr,
+        trust_proxy=svc.settings.trust_proxy_headers,
+    )
+    return ip or ""
+
+
+async def _refuse_before_upgrade(svc: Services) -> None:
+    """HTTP refusals: they happen before the upgrade, as plain HTTP answers."""
+    if svc.draining.is_set():
+        abort(503, "this server is draining; reconnect to another instance")
+    origin = websocket.headers.get("Origin")
+    if origin is not None and origin.rstrip("/") not in svc.settings.origins:
+        abort(
+            403,
+            f"WebSocket origin {origin[:200]!r} is not allowed; "
+            "the server's operator can add it to PARLEY_ALLOWED_ORIGINS",
+        )
+    if SUBPROTOCOL not in websocket.requested_subprotocols:
+        abort(
+            400,
+            f"offer the WebSocket subprotocol {SUBPROTOCOL!r} "
+            f"(with '{BEARER_PREFIX}<access token>' beside it)",
+        )
+    try:
+        allowed, _retry = await svc.cache.hit_rate(
+            f"rl:wsup:{_client_ip(svc)}", svc.settings.ws_upgrades_per_ip_per_hour, 3600
+        )
+    except CacheError:
+        allowed = True
+    if not allowed:
+        abort(429, "too many WebSocket upgrades from this address; retry later")
+
+
+async def _close(svc: Services, code: CloseCode, reason: str, dropped: str) -> None:
+    svc.metrics.ws_dropped.labels(dropped).inc()
+    await websocket.close(int(code), reason)
+
+
+async def admit(svc: Services, hub: Hub, cfg: WsConfig) -> Connection | None:
+    """Run the handshake; the connection to serve, or None when it was refused (and closed)."""
+    await _refuse_before_upgrade(svc)
+    offered = websocket.requested_subprotocols
+    token = next((p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), "")
+    await websocket.accept(subprotocol=SUBPROTOCOL)
+
+    # Authenticate after accepting, so the browser can read the close code.
+    principal: Principal
+    try:
+        if not token:
+            raise ProtocolError(ErrorCode.AUTH_INVALID, "no bearer subprotocol")
+        principal = await authenticate(svc, token)
+    except ProtocolError as exc:
+        code = AUTH_CLOSE_CODES.get(exc.code, CloseCode.TOKEN_INVALID)
+        await _close(svc, code, close_reason(code), "auth")
+        return None
+    except Exception:
+        log.exception("ws_auth_failed")
+        await _close(svc, CloseCode.INTERNAL, "SERVER_ERROR", "server_error")
+        return None
+    if hub.count() >= cfg.max_connections:
+        code = CloseCode.TRY_AGAIN_LATER
+        await _close(svc, code, close_reason(code), "instance_full")
+        return None
+    if hub.count_for_user(principal.user_id) >= cfg.max_connections_per_user:
+        code = CloseCode.TOO_MANY_CONNECTIONS
+        await _close(svc, code, close_reason(code), "user_limit")
+        return None
+    return Connection(
+        id=uuid.uuid4().hex,
+        user_id=principal.user_id,
+        session_id=principal.session_id,
+        claims=principal.claims,
+        heartbeat=websocket.scope.get(SCOPE_KEY),  # type: ignore[arg-type]
+        outbox=Outbox(max_frames=cfg.outbox_max_frames, max_bytes=cfg.outbox_max_bytes),
+    )

@@ -1,0 +1,147 @@
+"""What each client frame does: one handler per client frame type.
+
+A handler raises ``ProtocolError`` for a refusal; the connection's reader turns
+it into an ``error`` frame. Every frame that starts work (``chat.*``) first
+re-checks the session against the deny-list and the token's expiry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from protocol import outgoing
+from protocol.close_codes import close_reason
+from protocol.codec import ClientFrame
+from protocol.errors import AUTH_CLOSE_CODES, ErrorCode, ProtocolError
+from protocol.frames import AuthRefresh, ChatCancel, ChatResume, ChatSend, ClientType, Ping
+from protocol.outgoing import ReplyTo
+from server.auth.identity import authenticate, is_session_denied
+from server.services import Services
+from server.turns import Listener, TurnManager
+from server.ws.state import Connection, WsConfig
+from store.cache import CacheError
+from store.db import utcnow
+
+__all__ = ["Dispatcher"]
+
+
+@dataclass
+class Dispatcher:
+    svc: Services
+    turns: TurnManager
+    cfg: WsConfig
+
+    def ready_frame(self, conn: Connection, reply: ReplyTo) -> outgoing.OutboundFrame:
+        return outgoing.session_ready(
+            reply,
+            user_id=conn.user_id,
+            session_id=conn.session_id,
+            connection_id=conn.id,
+            server_time=utcnow(),
+            limits={
+                "maxFrameBytes": self.cfg.max_frame_bytes,
+                "maxContentChars": self.cfg.max_content_chars,
+                "maxConcurrentTurns": self.turns.cfg.max_turns_per_user,
+                "chatSendPerMinute": self.svc.settings.chat_sends_per_user_per_minute,
+            },
+        )
+
+    def reply_error(self, conn: Connection, err: ProtocolError, reply: ReplyTo) -> None:
+        """The one way the connection answers an error: counted, then sent."""
+        self.svc.metrics.count_error(err.error_class.value, err.code.value)
+        conn.outbox.push_frame(outgoing.error(err, reply))
+
+    async def dispatch(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
+        handler = self._handlers[frame.type]
+        await handler(self, conn, frame, reply)
+
+    # -- handlers -----------------------------------------------------------------
+
+    async def _ping(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
+        assert isinstance(frame.data, Ping)
+        conn.outbox.push_frame(outgoing.pong(reply))
+
+    async def _auth_refresh(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
+        assert isinstance(frame.data, AuthRefresh)
+        principal = await authenticate(self.svc, frame.data.accessToken)
+        if principal.user_id != conn.user_id:
+            raise ProtocolError(ErrorCode.AUTH_INVALID, "the new token is for another user")
+        conn.claims, conn.session_id = principal.claims, principal.session_id
+        conn.outbox.push_frame(self.ready_frame(conn, reply))
+
+    async def _chat_send(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
+        data = frame.data
+        assert isinstance(data, ChatSend)
+        if not await self._session_ok(conn, reply):
+            return
+        if self.svc.draining.is_set():
+            raise ProtocolError(
+                ErrorCode.SERVER_DRAINING,
+                "this server is restarting; reconnect and send again",
+                retry_after_ms=self.cfg.drain_reconnect_ms,
+            )
+        try:
+            allowed, retry_after = await self.svc.cache.hit_rate(
+                f"rl:send:{conn.user_id}", self.svc.settings.chat_sends_per_user_per_minute, 60
+            )
+        except CacheError:
+            allowed, retry_after = True, 0.0
+        if not allowed:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                "too many messages; slow down",
+                retry_after_ms=max(1, int(retry_after * 1000)),
+            )
+        await self.turns.send(
+            user_id=conn.user_id, data=data, listener=Listener(conn.outbox, reply)
+        )
+
+    async def _chat_cancel(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
+        data = frame.data
+        assert isinstance(data, ChatCancel)
+        if not await self._session_ok(conn, reply):
+            return
+        if not self.turns.cancel(
+            user_id=conn.user_id,
+            conversation_id=str(data.conversationId),
+            message_id=str(data.messageId),
+        ):
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no such reply in flight")
+
+    async def _chat_resume(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
+        data = frame.data
+        assert isinstance(data, ChatResume)
+        if not await self._session_ok(conn, reply):
+            return
+        await self.turns.resume(
+            user_id=conn.user_id, data=data, listener=Listener(conn.outbox, reply)
+        )
+
+    async def _session_ok(self, conn: Connection, reply: ReplyTo) -> bool:
+        """Every frame that starts work re-checks the deny-list (revocation within seconds).
+
+        A revoked session or an expired token: the error goes out first, then the close.
+        """
+        if await is_session_denied(self.svc, conn.session_id):
+            err = ProtocolError(ErrorCode.AUTH_INVALID, "session revoked")
+        elif conn.claims.exp <= time.time():
+            err = ProtocolError(ErrorCode.AUTH_EXPIRED, "access token expired; refresh it")
+        else:
+            return True
+        self.reply_error(conn, err, reply)
+        code = AUTH_CLOSE_CODES[err.code]
+        conn.close(int(code), close_reason(code))
+        return False
+
+    _handlers: ClassVar[
+        dict[ClientType, Callable[[Dispatcher, Connection, ClientFrame, ReplyTo], Awaitable[None]]]
+    ] = {
+        ClientType.PING: _ping,
+        ClientType.AUTH_REFRESH: _auth_refresh,
+        ClientType.CHAT_SEND: _chat_send,
+        ClientType.CHAT_CANCEL: _chat_cancel,
+        ClientType.CHAT_RESUME: _chat_resume,
+    }

@@ -1,0 +1,75 @@
+"""A WebSocket connection's state and the numbers it lives by (contract section 4)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import trio
+
+from protocol.codec import MAX_CONTENT_CHARS, MAX_FRAME_BYTES
+from server.auth.tokens import AccessClaims
+from server.settings import Settings
+from server.ws.heartbeat import HeartbeatState
+from server.ws.outbox import Outbox
+
+__all__ = ["Connection", "WsConfig"]
+
+
+@dataclass(frozen=True)
+class WsConfig:
+    ping_interval: float = 25.0
+    pong_timeout: float = 10.0
+    stall_timeout: float = 10.0  # past the outbox bound this long: close 4008
+    outbox_max_bytes: int = 1024 * 1024
+    outbox_max_frames: int = 2048
+    invalid_frames_limit: int = 10
+    invalid_frames_window: float = 60.0
+    max_connections_per_user: int = 10
+    max_connections: int = 10_000
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_content_chars: int = MAX_CONTENT_CHARS
+    drain_reconnect_ms: int = 1000
+    # When the process is short of CPU (its event loop wakes late), a delta waits up to this
+    # long for the next ones of its message, so one frame carries several: frames, not
+    # tokens, are what costs CPU. 0 turns it off. A process with CPU to spare never waits.
+    coalesce_seconds: float = 0.04
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> WsConfig:
+        return cls(
+            ping_interval=s.ws_ping_interval_seconds,
+            pong_timeout=s.ws_pong_timeout_seconds,
+            stall_timeout=s.ws_stall_seconds,
+            outbox_max_bytes=s.ws_outbox_max_bytes,
+            outbox_max_frames=s.ws_outbox_max_frames,
+            invalid_frames_limit=s.ws_invalid_frames_limit,
+            invalid_frames_window=s.ws_invalid_frames_window_seconds,
+            max_connections_per_user=s.ws_max_connections_per_user,
+            max_connections=s.ws_max_connections,
+            max_frame_bytes=s.ws_max_frame_bytes,
+            max_content_chars=s.max_content_chars,
+            drain_reconnect_ms=s.drain_reconnect_ms,
+            coalesce_seconds=s.ws_coalesce_ms / 1000,
+        )
+
+
+@dataclass(eq=False)
+class Connection:
+    id: str
+    user_id: str
+    session_id: str
+    claims: AccessClaims
+    heartbeat: HeartbeatState | None = None
+    outbox: Outbox = field(default_factory=Outbox)
+    close_code: int | None = None
+    close_reason: str = ""
+    closing: trio.Event = field(default_factory=trio.Event)
+    invalid_at: deque[float] = field(default_factory=deque)
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the writer to close after what is already queued (first request wins)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self.closing.set()
+        self.outbox.seal()
