@@ -11,6 +11,9 @@ LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet \
               --custom-compile-command "make lock"
 # UPGRADE=all: every package to the newest that pyproject.toml allows; UPGRADE="a b": those
 UPGRADE_FLAGS = $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
+# The build backend (setuptools) is locked too: `pip install -e .` builds without isolation
+BUILD_REQUIRES = $(BIN)/python -c 'import tomllib; \
+  print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
 
 .PHONY: run test venv lock lint typecheck pytest services bench bench-quick bench-redis clean
 
@@ -27,13 +30,13 @@ $(BIN)/python:
 # misses a dependency pyproject.toml declares (someone added one without `make lock`).
 $(RUN_STAMP): requirements/run.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --require-hashes -r requirements/run.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@$(BIN)/pip check || { echo "the lock files miss a dependency: run make lock"; exit 1; }
 	@touch $@
 
 $(STAMP): requirements/test.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --require-hashes -r requirements/test.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@$(BIN)/pip check || { echo "the lock files miss a dependency: run make lock"; exit 1; }
 	@touch $@
 
@@ -50,9 +53,10 @@ test: $(STAMP) services lint typecheck web-test pytest
 ## keeping today's pins where pyproject.toml still allows them (see UPGRADE above)
 lock: | $(BIN)/python
 	$(BIN)/pip install -q uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE_FLAGS) -o requirements/run.txt
-	$(BIN)/uv pip compile pyproject.toml --extra test $(LOCK_FLAGS) $(UPGRADE_FLAGS) \
-	  --constraint requirements/run.txt -o requirements/test.txt
+	$(BUILD_REQUIRES) | $(BIN)/uv pip compile pyproject.toml - $(LOCK_FLAGS) $(UPGRADE_FLAGS) \
+	  -o requirements/run.txt
+	$(BUILD_REQUIRES) | $(BIN)/uv pip compile pyproject.toml - --extra test $(LOCK_FLAGS) \
+	  $(UPGRADE_FLAGS) --constraint requirements/run.txt -o requirements/test.txt
 
 services:
 	bash deploy/dev/services.sh
