@@ -67,6 +67,11 @@ export function Account() {
   const [exportAvailable, setExportAvailable] = useState(false);
   const [confirmDelete, setConfirmDelete] = useState(false);
   const [message, setMessage] = useState<string | null>(null);
+  // stays shown after the upgrade (the user is no longer a guest) to say it worked
+  const [showUpgrade, setShowUpgrade] = useState(false);
+  useEffect(() => {
+    if (user?.kind === "guest") setShowUpgrade(true);
+  }, [user]);
 
   const loadSessions = useCallback(async () => {
     try {
@@ -125,7 +130,7 @@ export function Account() {
         </p>
       )}
       {message && <p role="alert">{message}</p>}
-      {u?.kind === "guest" && <Upgrade />}
+      {showUpgrade && <Upgrade />}
       <section aria-labelledby="sessions-title" className="card">
         <h2 id="sessions-title">Where you are signed in</h2>
         <ul className="sessions">

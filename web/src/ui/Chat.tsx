@@ -36,7 +36,13 @@ const MessageRow = memo(function MessageRow({ m }: { m: ViewMessage }) {
         {mine ? "You" : "Parley"}
       </div>
       <div className="msg-body">
-        {mine ? <p className="plain">{m.content}</p> : <Markdown text={m.content} />}
+        {mine ? (
+          <p className="plain text">{m.content}</p>
+        ) : (
+          <div className="md text">
+            <Markdown text={m.content} />
+          </div>
+        )}
         {m.status === "streaming" && (
           <p className="msg-status writing">
             <span className="dots" aria-hidden="true" /> Writing…
