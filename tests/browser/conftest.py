@@ -124,9 +124,7 @@ class Served:
 
     # REST helpers for checking what the pages show against what is stored
     def login(self, email: str, password: str = PASSWORD) -> str:
-        r = httpx.post(
-            f"{self.url}/api/v1/auth/login", json={"email": email, "password": password}
-        )
+        r = httpx.post(f"{self.url}/api/v1/auth/login", json={"email": email, "password": password})
         assert r.status_code == 200, r.text
         return str(r.json()["accessToken"])
 

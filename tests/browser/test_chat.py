@@ -3,6 +3,7 @@ errors, accessibility. One `parley serve` for the module; each test makes its ow
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from typing import Any
@@ -41,7 +42,7 @@ def test_send_streams_then_reload_mid_answer_completes_as_stored(
     assert "Tell me about rivers" in expect_user.inner_text()
     states = growing_states(page, 4)
     assert len(states) == 4, states  # the answer grew in front of us, step by step
-    for a, b in zip(states, states[1:], strict=False):
+    for a, b in itertools.pairwise(states):
         assert b.startswith(a[: max(1, len(a) - 1)])
     assert page.locator("article.msg-assistant .writing").count() == 1
     # reload while it streams: the page signs back in from this tab's storage and resumes

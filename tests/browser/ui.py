@@ -78,9 +78,9 @@ def growing_states(page: Any, count: int, timeout: float = 20) -> list[str]:
     deadline = time.monotonic() + timeout
     while len(seen) < count and time.monotonic() < deadline:
         text = answer_text(page)
-        if text and (not seen or (text != seen[-1] and len(text) > len(seen[-1]))):
-            if answer_status(page) == "streaming":
-                seen.append(text)
+        longer = not seen or (text != seen[-1] and len(text) > len(seen[-1]))
+        if text and longer and answer_status(page) == "streaming":
+            seen.append(text)
         time.sleep(0.05)
     return seen
 
