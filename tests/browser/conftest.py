@@ -128,9 +128,9 @@ class Served:
         assert r.status_code == 200, r.text
         return str(r.json()["accessToken"])
 
-    def history(self, token: str, conv_id: str) -> list[dict[str, Any]]:
+    def history(self, token: str, conv_id: str, after: int = 0) -> list[dict[str, Any]]:
         r = httpx.get(
-            f"{self.url}/api/v1/conversations/{conv_id}/messages?limit=500",
+            f"{self.url}/api/v1/conversations/{conv_id}/messages?limit=500&afterSeq={after}",
             headers={"Authorization": f"Bearer {token}"},
         )
         assert r.status_code == 200, r.text

@@ -67,8 +67,12 @@ def answer_status(page: Any) -> str | None:
 
 
 def wait_status(page: Any, status: str, timeout: float = 30) -> None:
-    page.locator(f'article.msg-assistant[data-status="{status}"]').last.wait_for(
-        timeout=timeout * 1000
+    """The newest answer (the last one in the list) reaches `status`."""
+    page.wait_for_function(
+        "(s) => { const a = document.querySelectorAll('article.msg-assistant');"
+        " return a.length > 0 && a[a.length - 1].dataset.status === s; }",
+        arg=status,
+        timeout=timeout * 1000,
     )
 
 
