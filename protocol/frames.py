@@ -1,5 +1,8 @@
 """The WebSocket frame vocabulary: frame types and the `data` model of each.
 
+Over 400 lines: the whole vocabulary of the wire on one page (every client and server
+model), as the contract lists it; splitting it would scatter one table.
+
 Field names are the wire's camelCase names, used as attribute names too
 (`send.conversationId`), so a model reads exactly like the frame it checks.
 

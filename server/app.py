@@ -94,12 +94,13 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["JSON_SORT_KEYS"] = False
 
-    from server.api import auth, conversations, ops
+    from server.api import account, auth, conversations, ops
 
     upstream = upstream or build_upstream(svc)
     turns = TurnManager(svc, upstream)
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp, url_prefix="/api/v1")
+    app.register_blueprint(account.bp, url_prefix="/api/v1")
     app.register_blueprint(conversations.create_blueprint(turns), url_prefix="/api/v1")
     register_web(app)
 

@@ -36,10 +36,10 @@ def hypercorn_config(settings: Settings, sock: socket.socket | None = None) -> C
     error_log.propagate = True
     cfg.errorlog = error_log
     cfg.graceful_timeout = 3.0  # after our own drain (server/drain.py); exit within 30 s
-    cfg.websocket_ping_interval = 25.0
-    # Hypercorn counts characters; the server checks the 64 KiB (UTF-8 bytes) bound itself
-    # and closes 1009 with a reason. 4 x 64 Ki characters covers every UTF-8 frame of 64 KiB.
-    cfg.websocket_max_message_size = 4 * 64 * 1024
+    cfg.websocket_ping_interval = settings.ws_ping_interval_seconds
+    # Hypercorn counts characters; the server checks the frame bound (UTF-8 bytes) itself
+    # and closes 1009 with a reason. 4 x the bound in characters covers every UTF-8 frame.
+    cfg.websocket_max_message_size = 4 * settings.ws_max_frame_bytes
     return cfg
 
 

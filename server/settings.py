@@ -140,6 +140,16 @@ class Settings(BaseSettings):
                     ) from exc
         return data
 
+    @model_validator(mode="after")
+    def _content_fits_a_frame(self) -> Settings:
+        # A character is at most 6 bytes in a JSON frame (\uXXXX); the envelope needs room.
+        if self.max_content_chars * 6 + 1024 > self.ws_max_frame_bytes:
+            raise ValueError(
+                "PARLEY_MAX_CONTENT_CHARS must fit in PARLEY_WS_MAX_FRAME_BYTES "
+                "(6 bytes a character at worst, plus 1024 for the envelope)"
+            )
+        return self
+
     @property
     def single_instance(self) -> bool:
         """Without Redis there is one process: nothing else can own a streaming turn."""
@@ -226,8 +236,11 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            name = "PARLEY_" + "_".join(str(p) for p in err["loc"]).upper()
-            lines.append(f"{name}: {err['msg']}")
+            if err["loc"]:
+                name = "PARLEY_" + "_".join(str(p) for p in err["loc"]).upper()
+                lines.append(f"{name}: {err['msg']}")
+            else:  # a rule between settings: its message names them
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
         raise SettingsError("; ".join(lines) or str(exc)) from exc
     check_production(settings)
     return settings

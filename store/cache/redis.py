@@ -1,5 +1,8 @@
 """Redis cache/broker: redis-py's sync client, called through trio worker threads.
 
+Over 400 lines: one engine per file, method for method beside ``memory.py`` and the
+``base.py`` interface, so the two implementations can be read side by side.
+
 Chosen over ``redis.asyncio`` + trio-asyncio after measuring both
 (``benchmarks/redis_clients.py``, ``docs/notes/cache-choice.md``): the
 threaded client was faster sequentially, for pipelines and for pub/sub

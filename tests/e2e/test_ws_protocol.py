@@ -44,6 +44,8 @@ async def test_subprotocol_negotiation(live: LiveServer) -> None:
             async with open_websocket_url(live.ws_url, subprotocols=protos):
                 pass
         assert rejected.value.status_code == 400
+        body = orjson.loads(rejected.value.body)["error"]
+        assert body["code"] == "VALIDATION_FAILED" and "chat.v1" in body["message"]
 
 
 async def test_bad_and_expired_tokens_close_after_accept(live: LiveServer) -> None:
@@ -63,6 +65,9 @@ async def test_origin_allow_list(live: LiveServer) -> None:
         async with connect(live.ws_url, token, origin="https://evil.example"):
             pass
     assert rejected.value.status_code == 403
+    body = orjson.loads(rejected.value.body)["error"]
+    assert body["code"] == "FORBIDDEN" and "PARLEY_ALLOWED_ORIGINS" in body["message"]
+    assert "evil.example" in body["message"]
     async with connect(live.ws_url, token, origin=live.http_url) as ws:
         assert ws.received[0]["type"] == "session.ready"
 

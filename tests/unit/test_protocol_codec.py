@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol.codec as codec
-from protocol.close_codes import CloseCode
 from protocol import outgoing
+from protocol.close_codes import CloseCode
 from protocol.codec import (
     MAX_CONTENT_CHARS,
     MAX_FRAME_BYTES,
@@ -23,7 +23,6 @@ from protocol.codec import (
     parse_client_frame,
     validate_server_frame,
 )
-from protocol.outgoing import ReplyTo
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import (
     AuthRefresh,
@@ -35,6 +34,7 @@ from protocol.frames import (
     ServerType,
     is_trace_id,
 )
+from protocol.outgoing import ReplyTo
 
 CONV = "0b7e6b3c-7d0a-4a9e-9a57-5b8c5f1e2d3c"
 MSG = "f47ac10b-58cc-4372-a567-0e02b2c3d479"
@@ -501,3 +501,16 @@ def test_mutated_frames_only_raise_protocol_error(f: ClientFrame, data: st.DataO
         field = data.draw(st.sampled_from(sorted(raw["data"])))
         raw["data"][field] = data.draw(_values)
     _must_only_raise_protocol_error(json.dumps(raw, ensure_ascii=False))
+
+
+def test_limits_come_from_the_caller() -> None:
+    ok = {"conversationId": CONV, "messageId": MSG, "content": "x" * 9000}
+    f = parse_client_frame(frame(data=ok), max_content_chars=9000)
+    assert isinstance(f.data, ChatSend) and len(f.data.content) == 9000
+    fails(frame(data=ok), ErrorCode.PAYLOAD_TOO_LARGE)  # the contract's 8,000 by default
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(frame(data=dict(ok, content="x" * 101)), max_content_chars=100)
+    assert info.value.code is ErrorCode.PAYLOAD_TOO_LARGE and "100" in info.value.message
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(frame(data=dict(ok, content="x" * 3000)), max_frame_bytes=2048)
+    assert info.value.close_code is not None and info.value.close_code.value == 1009

@@ -87,3 +87,43 @@ def test_cli_exits_2_on_bad_config(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["migrate"])
     assert exc.value.code == 2
+
+
+def test_contract_defaults_are_settings_and_reach_the_turns_and_sockets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from server.turns import TurnConfig
+    from server.ws.state import WsConfig
+
+    defaults = load_settings()
+    turn, ws = TurnConfig.from_settings(defaults), WsConfig.from_settings(defaults)
+    assert (turn.max_output_tokens, turn.max_output_bytes, turn.max_turns_per_user) == (
+        4096,
+        65536,
+        3,
+    )
+    assert (turn.idempotency_ttl, turn.duplicate_window, turn.checkpoint_seconds) == (
+        86400,
+        10.0,
+        0.5,
+    )
+    assert (turn.replay_max_messages, turn.replay_max_bytes) == (200, 1 << 20)
+    assert (ws.ping_interval, ws.pong_timeout, ws.stall_timeout) == (25.0, 10.0, 10.0)
+    assert (ws.outbox_max_bytes, ws.outbox_max_frames) == (1 << 20, 2048)
+    assert (ws.invalid_frames_limit, ws.invalid_frames_window) == (10, 60.0)
+    assert (ws.max_frame_bytes, ws.max_content_chars, ws.drain_reconnect_ms) == (65536, 8000, 1000)
+    monkeypatch.setenv("PARLEY_MAX_TURNS_PER_USER", "5")
+    monkeypatch.setenv("PARLEY_REPLAY_MAX_MESSAGES", "50")
+    monkeypatch.setenv("PARLEY_WS_STALL_SECONDS", "3")
+    monkeypatch.setenv("PARLEY_MAX_CONTENT_CHARS", "100")
+    s = load_settings()
+    assert TurnConfig.from_settings(s).max_turns_per_user == 5
+    assert TurnConfig.from_settings(s).replay_max_messages == 50
+    assert WsConfig.from_settings(s).stall_timeout == 3.0
+    assert WsConfig.from_settings(s).max_content_chars == 100
+
+
+def test_content_limit_must_fit_the_frame_limit() -> None:
+    with pytest.raises(SettingsError, match="PARLEY_MAX_CONTENT_CHARS must fit"):
+        load_settings(max_content_chars=20_000)
+    assert load_settings(max_content_chars=20_000, ws_max_frame_bytes=200_000).max_content_chars
