@@ -7,6 +7,7 @@ import { errorText, retryHint } from "../protocol/errors";
 import { api, ApiError } from "../session";
 import { useFrameVersion } from "./hooks";
 import { Markdown } from "./Markdown";
+import { RENAMED } from "./Sidebar";
 
 const STATUS_TEXT: Record<string, string> = {
   cancelled: "Stopped. The text so far is kept.",
@@ -233,6 +234,15 @@ export function ChatView({ id }: { id: string }) {
       client.closeConversation(id);
     };
   }, [client, id]);
+
+  useEffect(() => {
+    const onRenamed = (e: Event) => {
+      const c = (e as CustomEvent<{ id: string; title: string }>).detail;
+      if (c.id === id) setTitle(c.title);
+    };
+    window.addEventListener(RENAMED, onRenamed);
+    return () => window.removeEventListener(RENAMED, onRenamed);
+  }, [id]);
 
   const version = useFrameVersion(conv);
   const live = conv?.streaming();

@@ -17,6 +17,8 @@ interface Page {
 }
 
 const PAGE = 30;
+/** a window event: a conversation got a new title (the chat view's heading follows) */
+export const RENAMED = "parley:renamed";
 
 function Item({
   c,
@@ -153,7 +155,10 @@ export function Sidebar() {
             key={c.id}
             c={c}
             active={location === `/c/${c.id}`}
-            onRenamed={(n) => setItems((old) => old.map((o) => (o.id === n.id ? n : o)))}
+            onRenamed={(n) => {
+              setItems((old) => old.map((o) => (o.id === n.id ? n : o)));
+              window.dispatchEvent(new CustomEvent(RENAMED, { detail: n }));
+            }}
             onDeleted={(id) => {
               setItems((old) => old.filter((o) => o.id !== id));
               if (location === `/c/${id}`) navigate("/");
