@@ -47,11 +47,14 @@ def cmd_admin_grant(args: argparse.Namespace) -> int:
 
     from store import users
     from store.db import Database
+    from store.records import UserRole
 
     settings = _settings()
     db = Database(settings.database_url, pool_size=1)
     try:
-        ok = trio.run(db.tx, lambda c: users.set_role(c, args.email.strip().lower(), "admin"))
+        ok = trio.run(
+            db.tx, lambda c: users.set_role(c, args.email.strip().lower(), UserRole.ADMIN.value)
+        )
     finally:
         db.dispose()
     if not ok:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from protocol.frames import FinishReason, MessageStatus, Role
 from store.db import utcnow
 from store.records import MessageRecord
 from store.schema import conversations, messages, users
@@ -34,7 +35,7 @@ __all__ = [
     "resume_view",
 ]
 
-STREAMING = "streaming"
+STREAMING = MessageStatus.STREAMING.value
 CONTEXT_MESSAGES = 50
 
 
@@ -91,7 +92,7 @@ def _history(conn: Connection, conversation_id: str, below_seq: int) -> list[tup
         .order_by(messages.c.seq.desc())
         .limit(CONTEXT_MESSAGES)
     ).all()
-    out = [(r.role, r.content) for r in reversed(rows) if r.content or r.role == "user"]
+    out = [(r.role, r.content) for r in reversed(rows) if r.content or r.role == Role.USER]
     return [(role, content) for role, content in out if content]
 
 
@@ -221,9 +222,9 @@ def begin_turns(
             **common,
             "id": str(uuid.uuid4()),
             "seq": user_seq,
-            "role": "user",
+            "role": Role.USER.value,
             "content": req.content,
-            "status": "completed",
+            "status": MessageStatus.COMPLETED.value,
             "client_message_id": req.client_message_id,
             "parent_id": None,
         }
@@ -246,7 +247,10 @@ def begin_turns(
         streaming.setdefault(req.user_id, set()).add(req.conversation_id)
         results.append(
             BeginResult(
-                BeginOutcome.STARTED, user_rec, assistant_rec, [*history, ("user", req.content)]
+                BeginOutcome.STARTED,
+                user_rec,
+                assistant_rec,
+                [*history, (Role.USER.value, req.content)],
             )
         )
     if rows:
@@ -315,7 +319,11 @@ def interrupt_streaming(conn: Connection) -> int:
     return conn.execute(
         messages.update()
         .where(messages.c.status == STREAMING)
-        .values(status="interrupted", finish_reason="interrupted", updated_at=utcnow())
+        .values(
+            status=MessageStatus.INTERRUPTED.value,
+            finish_reason=FinishReason.INTERRUPTED.value,
+            updated_at=utcnow(),
+        )
     ).rowcount
 
 

@@ -4,9 +4,31 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any, Self
 
-__all__ = ["ConversationRecord", "MessageRecord", "SessionRecord", "UserRecord"]
+__all__ = [
+    "ConversationRecord",
+    "MessageRecord",
+    "SessionRecord",
+    "UserKind",
+    "UserRecord",
+    "UserRole",
+]
+
+
+class UserKind(StrEnum):
+    """`users.kind` (contract section 1): every actor is a user row."""
+
+    REGISTERED = "registered"
+    GUEST = "guest"
+
+
+class UserRole(StrEnum):
+    """`users.role`: admins may read audit data, never conversations."""
+
+    USER = "user"
+    ADMIN = "admin"
 
 
 class _FromRow:

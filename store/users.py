@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from store.db import utcnow
-from store.records import UserRecord
+from store.records import UserKind, UserRecord, UserRole
 from store.schema import users
 
 __all__ = [
@@ -35,7 +35,7 @@ def create_user(
     email: str | None = None,
     password_hash: str | None = None,
     display_name: str | None = None,
-    role: str = "user",
+    role: str = UserRole.USER.value,
 ) -> UserRecord:
     now = utcnow()
     uid = str(uuid.uuid4())
@@ -81,9 +81,13 @@ def upgrade_guest(
     try:
         res = conn.execute(
             users.update()
-            .where(users.c.id == user_id, users.c.kind == "guest", users.c.deleted_at.is_(None))
+            .where(
+                users.c.id == user_id,
+                users.c.kind == UserKind.GUEST.value,
+                users.c.deleted_at.is_(None),
+            )
             .values(
-                kind="registered",
+                kind=UserKind.REGISTERED.value,
                 email=email,
                 password_hash=password_hash,
                 display_name=display_name,

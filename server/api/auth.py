@@ -26,7 +26,7 @@ from store import sessions as sessions_repo
 from store import users as users_repo
 from store.audit import email_subject, record_event
 from store.cache import CacheError
-from store.records import SessionRecord, UserRecord
+from store.records import SessionRecord, UserKind, UserRecord
 
 __all__ = ["bp"]
 
@@ -39,7 +39,9 @@ def _trace() -> str | None:
 
 def _refresh_ttl(svc: Services, kind: str) -> dt.timedelta:
     s = svc.settings
-    secs = s.guest_refresh_token_ttl_seconds if kind == "guest" else s.refresh_token_ttl_seconds
+    secs = (
+        s.guest_refresh_token_ttl_seconds if kind == UserKind.GUEST else s.refresh_token_ttl_seconds
+    )
     return dt.timedelta(seconds=secs)
 
 
@@ -115,7 +117,7 @@ async def register() -> tuple[dict[str, Any], int]:
     def work(conn: Connection) -> UserRecord:
         user = users_repo.create_user(
             conn,
-            kind="registered",
+            kind=UserKind.REGISTERED.value,
             email=body.email,
             password_hash=pw_hash,
             display_name=body.displayName,
@@ -147,7 +149,9 @@ async def guest() -> tuple[dict[str, Any], int]:
     ip = client_ip()
 
     def work(conn: Connection) -> UserRecord:
-        user = users_repo.create_user(conn, kind="guest", display_name=body.displayName)
+        user = users_repo.create_user(
+            conn, kind=UserKind.GUEST.value, display_name=body.displayName
+        )
         record_event(
             conn,
             action="register",
@@ -155,7 +159,7 @@ async def guest() -> tuple[dict[str, Any], int]:
             actor_id=user.id,
             ip=ip,
             trace_id=_trace(),
-            details={"kind": "guest"},
+            details={"kind": UserKind.GUEST.value},
         )
         return user
 
@@ -218,7 +222,7 @@ async def upgrade() -> dict[str, Any]:
     svc = services()
     principal = await require_principal()
     body = await parse_body(Registration)
-    if principal.kind != "guest":
+    if principal.kind != UserKind.GUEST:
         raise ApiError("CONFLICT", "only a guest account can be upgraded")
     pw_hash = await svc.passwords.hash(body.password)
     refresh = new_refresh_token()
@@ -240,7 +244,7 @@ async def upgrade() -> dict[str, Any]:
             conn,
             sess,
             new_hash=hash_refresh_token(refresh),
-            ttl=_refresh_ttl(svc, "registered"),
+            ttl=_refresh_ttl(svc, UserKind.REGISTERED),
         ):
             raise ApiError("AUTH_INVALID", "session revoked")
         record_event(
