@@ -219,3 +219,28 @@ def test_axe_finds_nothing_serious_on_any_screen(served: Served, pages: Pages) -
         page.get_by_role("heading", name="Your account").wait_for()
         page.get_by_role("heading", name="Where you are signed in").wait_for()
         assert run_axe(page) == [], ("account", scheme)
+
+
+def test_account_sign_out_everywhere_and_delete(served: Served, pages: Pages) -> None:
+    first = pages.new()
+    email = register(first, served.url)
+    second = pages.new()
+    sign_in(second, served.url, email)
+    second.get_by_role("link", name="Account", exact=True).click()
+    second.get_by_role("heading", name="Where you are signed in").wait_for()
+    expect(second.locator(".sessions li")).to_have_count(2)
+    # the export is not served yet (404/405): its button stays hidden
+    assert second.get_by_role("button", name="Download my data").count() == 0
+    second.get_by_role("button", name="Sign out everywhere").click()
+    second.wait_for_url(re.compile(r".*/sign-in$"))
+    first.wait_for_url(re.compile(r".*/sign-in$"), timeout=15_000)
+    # back in, then the account goes for good
+    sign_in(first, served.url, email)
+    first.get_by_role("link", name="Account", exact=True).click()
+    first.get_by_role("button", name="Delete my account").click()
+    first.get_by_role("button", name="Yes, delete my account").click()
+    first.wait_for_url(re.compile(r".*/sign-in$"))
+    first.get_by_label("Email").fill(email)
+    first.get_by_label("Password").fill("password 123")
+    first.get_by_role("button", name="Sign in").click()
+    first.get_by_text("That email and password do not match an account.").wait_for()

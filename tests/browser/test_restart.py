@@ -47,3 +47,27 @@ def test_sigterm_mid_answer_then_restart(browser_ready: None, tmp_path: Path, pa
         assert 0 < len(stored["content"].split()) < 400
     finally:
         server.stop()
+
+
+def test_access_token_is_refreshed_in_band_without_reconnecting(
+    browser_ready: None, tmp_path: Path, pages: Pages
+) -> None:
+    # 10 s tokens: the server closes a socket whose token expires (4001); the page refreshes
+    # before that (REST rotation, then auth.refresh on the open socket), so one socket serves
+    # an answer that outlives two token lifetimes.
+    server = Served(tmp_path, {**BASE_ENV, "PARLEY_ACCESS_TOKEN_TTL_SECONDS": "10"}).start()
+    try:
+        page = pages.new()
+        sockets: list[object] = []
+        page.on("websocket", lambda ws: sockets.append(ws))
+        email = register(page, server.url)
+        conv = new_conversation(page)
+        send(page, "[[sim:tokens=500,tps=22]] take your time")
+        wait_status(page, "completed", timeout=45)
+        assert len(sockets) == 1
+        stored = stored_answer(server.history(server.login(email), conv))
+        assert stored["status"] == "completed"
+        assert answer_text(page) == words(stored["content"])
+        assert len(stored["content"].split()) == 500
+    finally:
+        server.stop()

@@ -318,6 +318,18 @@ describe("ChatClient connection", () => {
     expect(h.last().ofType("chat.resume").length).toBe(0);
   });
 
+  it("refreshes at three quarters of a short token life", async () => {
+    h.expires = h.timers.now + 20_000;
+    h.client.start();
+    h.last().ready();
+    h.timers.advance(14_999);
+    expect(h.refreshes).toBe(0);
+    h.timers.advance(1);
+    await flush();
+    expect(h.refreshes).toBe(1);
+    expect(h.last().ofType("auth.refresh").length).toBe(1);
+  });
+
   it("pings after silence and reconnects when no pong comes", () => {
     h.client.start();
     h.last().ready();

@@ -311,8 +311,10 @@ export class ChatClient {
 
   private scheduleRefresh(): void {
     if (this.refreshTimer !== null) this.timers.clearTimeout(this.refreshTimer);
-    const lead = this.opts.refreshLeadMs ?? 60_000;
-    const delay = Math.max(1000, this.opts.auth.expiresAt() - this.now() - lead);
+    // a minute before expiry, or at three quarters of a shorter life
+    const left = this.opts.auth.expiresAt() - this.now();
+    const lead = Math.min(this.opts.refreshLeadMs ?? 60_000, left / 4);
+    const delay = Math.max(1000, left - lead);
     this.refreshTimer = this.timers.setTimeout(() => {
       this.refreshTimer = null;
       void this.refreshInBand();
