@@ -191,16 +191,18 @@ export const register = (email: string, password: string) => authCall("/auth/reg
 export const continueAsGuest = () => authCall("/auth/guest");
 export const upgradeGuest = (email: string, password: string) => authCall("/auth/upgrade", { email, password });
 
-/** On page load: a refresh token in this tab's storage gives back the session. */
-export async function restore(): Promise<User | null> {
+/** On page load: a refresh token in this tab's storage gives back the session.
+ *  "unreachable" when the server could not be asked (the token is kept: try again). */
+export async function restore(): Promise<User | null | "unreachable"> {
   if (!hasStoredSession()) return null;
   try {
     if ((await refresh()) === null) return null;
     user = await api<User>("GET", "/me");
     notify();
     return user;
-  } catch {
-    return null;
+  } catch (e) {
+    if (!hasStoredSession()) return null;
+    return e instanceof ApiError && e.status < 500 ? null : "unreachable";
   }
 }
 

@@ -57,18 +57,43 @@ function SignedIn() {
 export function App() {
   const user = useUser();
   const [booting, setBooting] = useState(hasStoredSession());
+  const [unreachable, setUnreachable] = useState(false);
   const [location] = useLocation();
 
   useEffect(() => {
     if (!booting) return;
-    void restore().finally(() => setBooting(false));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let alive = true;
+    const attempt = () => {
+      void restore().then((r) => {
+        if (!alive) return;
+        if (r === "unreachable") {
+          setUnreachable(true);
+          timer = setTimeout(attempt, 2000);
+        } else {
+          setUnreachable(false);
+          setBooting(false);
+        }
+      });
+    };
+    attempt();
+    return () => {
+      alive = false;
+      if (timer) clearTimeout(timer);
+    };
   }, [booting]);
 
   useEffect(() => {
     if (!user) stopChat();
   }, [user]);
 
-  if (booting) return <p className="loading" role="status">Loading…</p>;
+  if (booting) {
+    return (
+      <p className="loading" role="status">
+        {unreachable ? "The server cannot be reached. Trying again…" : "Loading…"}
+      </p>
+    );
+  }
   if (!user) {
     if (location === "/register") return <AuthScreen mode="register" />;
     if (location !== "/sign-in") return <Redirect to="/sign-in" />;
