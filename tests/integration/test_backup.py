@@ -265,6 +265,9 @@ def test_backup_is_one_snapshot_while_chat_writes(db_url: str, tmp_path: Path) -
         while written[0] < 5:
             threading.Event().wait(0.01)
         result = run_backup(settings)
+        after = written[0] + 1
+        while written[0] < after and thread.is_alive():  # one more write after the backup
+            threading.Event().wait(0.01)
     finally:
         stop.set()
         thread.join(30)
