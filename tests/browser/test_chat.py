@@ -244,3 +244,27 @@ def test_account_sign_out_everywhere_and_delete(served: Served, pages: Pages) ->
     first.get_by_label("Password").fill("password 123")
     first.get_by_role("button", name="Sign in").click()
     first.get_by_text("That email and password do not match an account.").wait_for()
+
+
+def test_keyboard_alone_sends_breaks_lines_and_stops(served: Served, pages: Pages) -> None:
+    page = pages.new()
+    register(page, served.url)
+    new_conversation(page)
+    page.reload()
+    wait_connected(page)
+    page.keyboard.press("Tab")  # the first stop is the skip link
+    assert page.evaluate("() => document.activeElement.textContent") == ("Skip to the message box")
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.id") == "composer-input"
+    page.keyboard.type("[[sim:tokens=200,tps=20]] first line")
+    page.keyboard.press("Shift+Enter")  # a line break, not a send
+    page.keyboard.type("second line")
+    assert composer(page).input_value().endswith("first line\nsecond line")
+    assert page.locator("article.msg-user").count() == 0
+    page.keyboard.press("Enter")
+    assert len(growing_states(page, 2)) == 2
+    assert "first line\nsecond line" in _last_user(page)
+    page.keyboard.press("Tab")  # from the message box to Stop
+    assert page.evaluate("() => document.activeElement.textContent") == "Stop"
+    page.keyboard.press("Enter")
+    wait_status(page, "cancelled")
