@@ -16,6 +16,7 @@ from pathlib import Path
 
 from quart import Quart, Response, request, send_from_directory
 from werkzeug.exceptions import NotFound
+from werkzeug.routing import PathConverter
 
 __all__ = ["WEB_DIST", "content_security_policy", "register_web"]
 
@@ -25,6 +26,14 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 NO_CACHE = "no-cache"
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 _RESERVED = ("api", "ws", "healthz", "readyz", "metrics")
+
+
+class ClientPath(PathConverter):
+    """A path that is not the server's own: the fallback route never matches ``/api/...``,
+    ``/ws`` or the ops endpoints, whatever the method, so those keep their own 404/405."""
+
+    regex = r"(?!(?:" + "|".join(_RESERVED) + r")(?:/|$))[^/].*?"
+
 
 NOT_BUILT = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Parley: web client not built</title></head>
@@ -80,12 +89,10 @@ def register_web(app: Quart, dist: Path | None = None) -> None:
         resp = await send_from_directory(root / "assets", name)
         return _page_headers(resp, IMMUTABLE)
 
-    # no automatic OPTIONS here: `OPTIONS /api/v1/x` must not look like a route that exists
-    @app.get("/<path:path>", provide_automatic_options=False)
+    app.url_map.converters["clientpath"] = ClientPath
+
+    @app.get("/<clientpath:path>")
     async def web_route(path: str) -> Response:
-        first = path.split("/", 1)[0]
-        if first in _RESERVED:
-            raise NotFound()
         last = path.rsplit("/", 1)[-1]
         if "." in last:
             # a file at the top of the build (favicon, robots.txt); never index.html here

@@ -75,8 +75,10 @@ async def test_top_level_files_and_missing_files(client: Any) -> None:
 async def test_api_and_ws_paths_are_never_the_client(client: Any) -> None:
     for path in ("/api/v1/nothing", "/api", "/ws", "/healthz/x", "/metrics/x"):
         assert (await client.get(path)).status_code == 404, path
-    # the client asks OPTIONS whether an API route exists: the fallback must not answer it
-    assert (await client.options("/api/v1/me/export")).status_code == 405
+    # whatever the method: the client asks OPTIONS whether an API route exists
+    assert (await client.options("/api/v1/me/export")).status_code == 404
+    assert (await client.put("/api/v1/nothing")).status_code == 404
+    assert (await client.options("/account")).status_code == 200  # a client route
     assert "Expires" not in (await client.get("/")).headers
 
 
