@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--workers",
         type=int,
-        help=f"server processes; only 1 works today (default: PARLEY_WORKERS, "
+        help=f"server processes on one port; above 1 needs PARLEY_REDIS_URL "
+        f"(default: PARLEY_WORKERS, "
         f"else {_default('workers')})",
     )
     s.set_defaults(func=cmd_serve)

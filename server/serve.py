@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -73,11 +74,6 @@ def serve(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    if settings.workers > 1:
-        print(
-            "parley: multi-process serving is not available yet; use --workers 1", file=sys.stderr
-        )
-        return 2
     # The address first: a taken port is one line, before any database or key is made.
     try:
         sock = make_listen_socket(settings.host, settings.port)
@@ -100,9 +96,21 @@ def serve(settings: Settings) -> int:
     except BaseException:
         sock.close()
         raise
+    if settings.workers > 1:
+        from server.supervisor import supervise
 
+        return supervise(settings, sock)
+    return run_worker(settings, sock)
+
+
+def run_worker(settings: Settings, sock: socket.socket, *, worker: int | None = None) -> int:
+    """Serve on ``sock`` until SIGTERM/SIGINT, then drain. ``worker``: this process's
+    index under ``parley serve --workers N`` (server/supervisor.py), None on its own."""
     from server.app import create_app
+    from server.process import start_metrics_listener, watch_parent, with_worker_header
     from server.services import build_services
+
+    log = get_logger("parley")
 
     async def main() -> None:
         svc = build_services(settings)
@@ -110,20 +118,33 @@ def serve(settings: Settings) -> int:
         port = sock.getsockname()[1]
         cfg = hypercorn_config(settings, sock)
         stop = trio.Event()
+        shutdown = trio.Event()
+        if settings.metrics_port_base:
+            start_metrics_listener(settings, svc.metrics.registry, worker or 0)
+
+        async def drain_then_stop() -> None:
+            await shutdown.wait()
+            log.info("shutdown_requested")
+            with trio.move_on_after(settings.drain_seconds + 6):
+                await app.config["PARLEY_DRAIN"]()
+            stop.set()
 
         async def watch_signals() -> None:
+            # Open for the whole run: a second SIGTERM (systemd and the supervisor may both
+            # send one) must not reach the default handler, which would kill the drain.
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
-                    log.info("shutdown_requested")
-                    with trio.move_on_after(settings.drain_seconds + 6):
-                        await app.config["PARLEY_DRAIN"]()
-                    stop.set()
-                    return
+                    shutdown.set()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
-            log.info("serving", address=f"http://{settings.host}:{port}")
-            await hypercorn_serve(app, cfg, shutdown_trigger=stop.wait)
+            nursery.start_soon(drain_then_stop)
+            if worker is not None:
+                nursery.start_soon(watch_parent, shutdown)
+                log.info("worker_serving", pid=os.getpid())
+            else:
+                log.info("serving", address=f"http://{settings.host}:{port}")
+            await hypercorn_serve(with_worker_header(app), cfg, shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    # 0: none. Else each server process also serves its own /metrics on base + its worker
+    # index (0 .. workers-1), so that Prometheus scrapes (and sums) every one of them.
+    metrics_port_base: int = Field(0, ge=0, le=65535)
     data_dir: Path = Path("./parley-data")
 
     database_url: str = "sqlite:///./parley-data/parley.db"
