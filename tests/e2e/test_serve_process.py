@@ -3,11 +3,8 @@ serving /healthz and a streamed answer, and exiting 0 on SIGTERM."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,22 +12,16 @@ import httpx
 import pytest
 import trio
 
+from tests.support.procs import PARLEY, clean_env, free_port
 from tests.support.wsclient import Rest, connect
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    env["PARLEY_SIM_TOKENS_PER_SECOND"] = "500"
+    env = clean_env() | {"PARLEY_SIM_TOKENS_PER_SECOND": "500"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        [*PARLEY, "serve", "--port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

@@ -5,28 +5,17 @@ that name the defaults."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-PARLEY = [sys.executable, "-m", "server.cli"]
+from tests.support.procs import PARLEY, clean_env, free_port
+
 ALEMBIC_CHATTER = ("Context impl", "Will assume", "setup plugin", "alembic.runtime")
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_taken_port_is_one_line_exit_2_before_anything_is_made(tmp_path: Path) -> None:

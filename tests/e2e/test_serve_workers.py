@@ -1,0 +1,153 @@
+"""`parley serve --workers 2` as a real process on MariaDB and a test-owned Redis: one
+port, both workers answer (the X-Parley-Worker header), a chat flow through the shared
+port, per-worker metrics that sum to what was sent, a worker killed -9 comes back while
+the port keeps answering, SIGTERM on the parent exits 0 within 30 s. And the refusal on
+the embedded default."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.support.cluster import RedisServer, ServerProcess, pids_in, server_env
+from tests.support.procs import PARLEY, clean_env, free_port, free_port_range
+from tests.support.wsclient import Rest, connect
+
+HEALTHZ = re.compile(r'^parley_http_requests_total\{route="/healthz",status="200"\} (\S+)$', re.M)
+
+
+@pytest.fixture
+def workers2(mysql_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
+    """`parley serve --workers 2` (ready) and its metrics port base."""
+    metrics_base = free_port_range(2)
+    with RedisServer(tmp_path) as redis_server:
+        env = server_env(
+            mysql_url, redis_server.url, {"PARLEY_METRICS_PORT_BASE": str(metrics_base)}
+        )
+        server = ServerProcess(free_port(), env, tmp_path, name="workers", args=["--workers", "2"])
+        try:
+            server.start(timeout=60)
+            wait_for_workers(server, 2)
+            yield server, metrics_base
+        finally:
+            server.stop()
+
+
+def wait_for_workers(server: ServerProcess, n: int, timeout: float = 30.0) -> dict[int, int]:
+    """Until ``n`` workers logged that they serve: worker index -> pid."""
+    deadline = time.monotonic() + timeout
+    while len(serving := pids_in(server.log(), "worker_serving")) < n:
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.05)
+    return serving
+
+
+def worker_of(url: str) -> int:
+    """One request on a new connection; the pid of the worker that answered."""
+    r = httpx.get(url, timeout=5, headers={"Connection": "close"})
+    assert r.status_code == 200, r.text
+    return int(r.headers["X-Parley-Worker"])
+
+
+def healthz_count(metrics_port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    m = HEALTHZ.search(text)
+    return float(m.group(1)) if m else 0.0
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.mysql
+@pytest.mark.redis
+async def test_two_workers_one_port_chat_metrics_and_sigterm(
+    workers2: tuple[ServerProcess, int],
+) -> None:
+    server, metrics_base = workers2
+    pids = pids_in(server.log(), "worker_started")
+    assert sorted(pids) == [0, 1] and server.pid not in pids.values()
+    log = server.log()
+    assert log.count("Running on") == 1
+    assert f"Running on http://127.0.0.1:{server.port} with 2 workers" in log
+
+    # a chat flow through the shared port
+    rest = Rest(server.url)
+    user = await rest.register()
+    token = user["accessToken"]
+    conv = await rest.conversation(token)
+    async with connect(server.ws_url, token, origin=server.url) as ws:
+        turn = await ws.turn(conv, "hello workers")
+    assert turn.done is not None and turn.done["data"]["status"] == "completed"
+    history = await rest.history(token, conv)
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert history[1]["content"] == turn.text and turn.text
+
+    # requests on new connections reach both workers, and each one's metrics count its own
+    before = {i: healthz_count(metrics_base + i) for i in range(2)}
+    answered = Counter(
+        [await trio.to_thread.run_sync(worker_of, f"{server.url}/healthz") for _ in range(20)]
+    )
+    assert set(answered) == set(pids.values()), answered
+    after = {i: healthz_count(metrics_base + i) for i in range(2)}
+    for i, pid in pids.items():
+        assert after[i] - before[i] == answered[pid]
+    assert sum(after.values()) - sum(before.values()) == 20
+
+    started = time.monotonic()
+    assert await trio.to_thread.run_sync(server.term, 30.0) == 0
+    assert time.monotonic() - started < 30
+    assert all(gone(pid) for pid in pids.values())
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.mysql
+@pytest.mark.redis
+async def test_a_worker_killed_is_restarted_and_the_port_keeps_answering(
+    workers2: tuple[ServerProcess, int],
+) -> None:
+    server, _ = workers2
+    pids = pids_in(server.log(), "worker_serving")
+    victim = pids[0]
+    os.kill(victim, signal.SIGKILL)
+    # the other worker answers meanwhile (one accept queue: nothing waits on the dead one)
+    seen: set[int] = set()
+    with trio.fail_after(30):
+        while True:
+            seen.add(await trio.to_thread.run_sync(worker_of, f"{server.url}/healthz"))
+            restarted = pids_in(server.log(), "worker_serving").get(0)
+            if restarted is not None and restarted != victim and restarted in seen:
+                break
+            await trio.sleep(0.02)
+    assert victim not in seen and pids[1] in seen
+    assert '"worker_exited"' in server.log()
+    assert server.running()
+    assert await trio.to_thread.run_sync(server.term, 30.0) == 0
+
+
+def test_workers_refused_on_the_embedded_default(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [*PARLEY, "serve", "--workers", "2", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "needs PARLEY_REDIS_URL" in r.stderr and "per process" in r.stderr
+    assert list(tmp_path.iterdir()) == []
