@@ -200,3 +200,8 @@ def test_conversation_list_newest_first_paged_rename_delete(
     expect(page.get_by_role("link", name="Renamed topic")).to_be_visible()
     r = httpx.get(f"{served.url}/api/v1/conversations/{ids[30]}", headers=auth)
     assert r.json()["title"] == "Renamed topic"
+    # a conversation that gets an answer moves to the top
+    page.get_by_role("link", name="Topic 05").click()
+    send(page, "Anything new?")
+    wait_status(page, "completed")
+    expect(links.first).to_have_text("Topic 05")

@@ -7,7 +7,7 @@ import { errorText, retryHint } from "../protocol/errors";
 import { api, ApiError } from "../session";
 import { useFrameVersion } from "./hooks";
 import { Markdown } from "./Markdown";
-import { RENAMED } from "./Sidebar";
+import { ACTIVITY, RENAMED } from "./Sidebar";
 
 const STATUS_TEXT: Record<string, string> = {
   cancelled: "Stopped. The text so far is kept.",
@@ -257,9 +257,10 @@ export function ChatView({ id }: { id: string }) {
         seenStreaming.current.delete(m.id);
         const words = m.content.length > 600 ? `${m.content.slice(0, 600)}…` : m.content;
         setAnnouncement(`${ANNOUNCE[m.status] ?? "Answer finished"}. ${words}`);
+        window.dispatchEvent(new CustomEvent(ACTIVITY, { detail: { id } }));
       }
     }
-  }, [conv, version]);
+  }, [conv, version, id]);
 
   if (failure) {
     return (

@@ -19,6 +19,8 @@ interface Page {
 const PAGE = 30;
 /** a window event: a conversation got a new title (the chat view's heading follows) */
 export const RENAMED = "parley:renamed";
+/** a window event: a conversation got a new answer (it moves to the top of the list) */
+export const ACTIVITY = "parley:activity";
 
 function Item({
   c,
@@ -132,6 +134,19 @@ export function Sidebar() {
   useEffect(() => {
     void load(null);
   }, [load]);
+
+  // newest first: a conversation that just got an answer moves to the top
+  useEffect(() => {
+    const onActivity = (e: Event) => {
+      const id = (e as CustomEvent<{ id: string }>).detail.id;
+      setItems((old) => {
+        const hit = old.find((o) => o.id === id);
+        return hit ? [hit, ...old.filter((o) => o.id !== id)] : old;
+      });
+    };
+    window.addEventListener(ACTIVITY, onActivity);
+    return () => window.removeEventListener(ACTIVITY, onActivity);
+  }, []);
 
   const create = async () => {
     try {
