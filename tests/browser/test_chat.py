@@ -194,7 +194,8 @@ def test_one_error_of_each_class_says_what_to_do(served: Served, pages: Pages) -
     assert limited.count() == 1
     text = limited.inner_text()
     assert "You are sending messages too fast." in text and "try again in" in text
-    assert limited.get_by_role("button", name="Retry").is_visible()
+    # the retry waits for retryAfterMs: disabled, counting down
+    expect(limited.get_by_role("button", name=re.compile(r"^Retry in \d+ s$"))).to_be_disabled()
 
 
 def _last_user(page: Any) -> str:

@@ -27,6 +27,8 @@ export interface ErrorLine {
   serverMessage: string;
   retryable: boolean;
   retryAfterMs?: number;
+  /** when the error came (ms since the epoch): with retryAfterMs, when a retry may go */
+  at: number;
   /** the text to send again when the user asks for a retry */
   retryContent?: string;
 }
@@ -246,6 +248,7 @@ export class ConversationState {
       serverMessage: e.message,
       retryable: e.retryable,
       retryAfterMs: e.retryAfterMs,
+      at: Date.now(),
       retryContent,
     };
     this.errors = [...this.errors, line];

@@ -5,7 +5,7 @@ import { chatClient } from "../chat";
 import type { ConversationState, ErrorLine, ViewMessage } from "../protocol/conversation";
 import { errorText, retryHint } from "../protocol/errors";
 import { api, ApiError } from "../session";
-import { useFrameVersion } from "./hooks";
+import { useCountdown, useFrameVersion } from "./hooks";
 import { Markdown } from "./Markdown";
 import { ACTIVITY, RENAMED } from "./Sidebar";
 
@@ -60,6 +60,8 @@ const MessageRow = memo(function MessageRow({ m }: { m: ViewMessage }) {
 
 function ErrorRow({ line, onRetry, onDismiss }: { line: ErrorLine; onRetry?: () => void; onDismiss: () => void }) {
   const t = errorText(line.code, line.serverMessage);
+  const readyAt = line.retryAfterMs ? line.at + line.retryAfterMs : null;
+  const wait = useCountdown(readyAt);
   return (
     <div className="error-line" data-code={line.code} role="alert">
       <p>
@@ -67,8 +69,8 @@ function ErrorRow({ line, onRetry, onDismiss }: { line: ErrorLine; onRetry?: () 
       </p>
       <div className="error-actions">
         {onRetry && (
-          <button type="button" onClick={onRetry}>
-            Retry
+          <button type="button" onClick={onRetry} disabled={wait > 0}>
+            {wait > 0 ? `Retry in ${wait} s` : "Retry"}
           </button>
         )}
         <button type="button" className="quiet" onClick={onDismiss}>
