@@ -82,6 +82,7 @@ export function Account() {
   }, []);
 
   useEffect(() => {
+    document.title = "Your account · Parley";
     void loadSessions();
     // the export appears once the server has it: OPTIONS answers 2xx for a route that exists
     fetch("/api/v1/me/export", { method: "OPTIONS" })

@@ -1,4 +1,4 @@
-import { useState, type FormEvent } from "react";
+import { useEffect, useState, type FormEvent } from "react";
 import { Link, useLocation } from "wouter";
 
 import { ApiError, continueAsGuest, register, signIn } from "../session";
@@ -30,6 +30,10 @@ export function AuthScreen({ mode }: { mode: "sign-in" | "register" }) {
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const registering = mode === "register";
+
+  useEffect(() => {
+    document.title = registering ? "Create an account · Parley" : "Sign in · Parley";
+  }, [registering]);
 
   const run = async (fn: () => Promise<unknown>) => {
     setBusy(true);

@@ -246,6 +246,10 @@ export function ChatView({ id }: { id: string }) {
     return () => window.removeEventListener(RENAMED, onRenamed);
   }, [id]);
 
+  useEffect(() => {
+    document.title = title ? `${title} · Parley` : "Parley";
+  }, [title]);
+
   const version = useFrameVersion(conv);
   const live = conv?.streaming();
 
