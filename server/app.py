@@ -15,6 +15,7 @@ from protocol.errors import ProtocolError
 from server.auth.identity import flush_pending_denies, watch_revocations
 from server.drain import drain
 from server.errors import REST, ApiError, error_body
+from server.health import watch_cache
 from server.llm import create_provider
 from server.llm.resilience import BreakerState, ResilientUpstream, UpstreamPolicy
 from server.load import LoadMonitor
@@ -182,6 +183,7 @@ def create_app(
                     nursery.start_soon(sweep_connections, svc, hub, ws_cfg)
                     nursery.start_soon(load.run, svc.metrics.event_loop_lag_seconds.set)
                     nursery.start_soon(flush_pending_denies, svc)
+                    nursery.start_soon(watch_cache, svc)
         finally:
             background_done.set()
 

@@ -14,6 +14,7 @@ for the cut turns to be stored, 2 s for the closes, then Hypercorn's 3 s.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import trio
@@ -45,10 +46,10 @@ async def drain(
     svc: Services, hub: Hub, turns: TurnManager, *, grace: float, reconnect_after_ms: int
 ) -> None:
     svc.draining.set()
-    frame = server_draining(reconnect_after_ms)  # encoded once, for every socket
     conns = hub.all()
     for conn in conns:
-        conn.outbox.push_frame(frame)
+        # Jittered, so the clients of one instance do not all reconnect in the same instant
+        conn.outbox.push_frame(server_draining(int(reconnect_after_ms * random.uniform(0.5, 1.5))))
     log.info("draining", connections=len(conns), turns=len(turns.live), grace=grace)
     finished = await _until(lambda: not turns.live, grace)
     if not finished:

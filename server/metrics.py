@@ -70,6 +70,11 @@ class Metrics:
             registry=r,
         )
         self.login_failures = Counter("parley_login_failures", "Failed logins", registry=r)
+        self.cache_degraded = Gauge(
+            "parley_cache_degraded",
+            "1 while the cache/broker (Redis) does not answer: degraded mode",
+            registry=r,
+        )
 
     def count_error(self, error_class: str, code: str) -> None:
         """One error reported to a client (an ``error`` frame or an HTTP error body)."""

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     replay_max_messages: int = Field(200, ge=1, le=100_000)
     replay_max_bytes: int = Field(1024 * 1024, ge=1024)
     checkpoint_seconds: float = Field(0.5, gt=0, le=60)
+    # Many instances (Redis): a live turn's lease (renewed every fifth of it) and how often
+    # every instance sweeps for turns whose owner died.
+    turn_lease_seconds: float = Field(10.0, ge=1, le=300)
+    turn_sweep_seconds: float = Field(3.0, gt=0, le=300)
 
     allowed_origins: str = ""
     trust_proxy_headers: bool = False

@@ -33,6 +33,9 @@ __all__ = [
     "interrupt_streaming",
     "messages_by_seq",
     "resume_view",
+    "streaming_in_conversation",
+    "streaming_message",
+    "streaming_turns",
 ]
 
 STREAMING = MessageStatus.STREAMING.value
@@ -366,3 +369,41 @@ def messages_by_seq(conn: Connection, conversation_id: str, seqs: list[int]) -> 
         .order_by(messages.c.seq)
     )
     return [MessageRecord.from_row(r) for r in rows]
+
+
+def streaming_turns(conn: Connection, *, limit: int = 1000) -> list[MessageRecord]:
+    """Assistant messages still ``streaming`` (every instance's turns in flight), oldest
+    first: the sweeper looks for the ones whose owner is gone."""
+    rows = conn.execute(
+        sa.select(messages)
+        .where(messages.c.status == STREAMING, messages.c.deleted_at.is_(None))
+        .order_by(messages.c.updated_at)
+        .limit(limit)
+    ).all()
+    return [MessageRecord.from_row(r) for r in rows]
+
+
+def streaming_message(
+    conn: Connection, *, user_id: str, conversation_id: str, message_id: str
+) -> MessageRecord | None:
+    """The caller's assistant message ``message_id`` in ``conversation_id`` while it streams."""
+    row = conn.execute(
+        sa.select(messages).where(
+            messages.c.id == message_id,
+            messages.c.conversation_id == conversation_id,
+            messages.c.user_id == user_id,
+            messages.c.status == STREAMING,
+            messages.c.deleted_at.is_(None),
+        )
+    ).first()
+    return None if row is None else MessageRecord.from_row(row)
+
+
+def streaming_in_conversation(conn: Connection, conversation_id: str) -> list[str]:
+    """Ids of the conversation's assistant messages still streaming (one at most)."""
+    rows = conn.execute(
+        sa.select(messages.c.id).where(
+            messages.c.conversation_id == conversation_id, messages.c.status == STREAMING
+        )
+    ).all()
+    return [str(r[0]) for r in rows]

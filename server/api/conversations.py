@@ -54,7 +54,7 @@ async def _owned(conversation_id: str, user_id: str) -> ConversationRecord:
 class ConversationTurns(Protocol):
     """What these routes need of the turns: a deleted conversation's turn stops."""
 
-    def cancel_conversation(self, conversation_id: str) -> None: ...
+    async def cancel_conversation(self, conversation_id: str) -> None: ...
 
 
 def create_blueprint(turns: ConversationTurns) -> Blueprint:
@@ -127,7 +127,7 @@ def create_blueprint(turns: ConversationTurns) -> Blueprint:
 
         if not await services().db.tx(work):
             raise ApiError("NOT_FOUND", "no such conversation")
-        turns.cancel_conversation(cid)
+        await turns.cancel_conversation(cid)
         return Response(b"", status=204)
 
     @bp.get("/conversations/<conversation_id>/messages")

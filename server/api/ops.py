@@ -26,10 +26,13 @@ async def readyz() -> tuple[dict[str, Any], int]:
     db_ok = await svc.db.ping()
     cache_ok = await svc.cache.ping()
     ok = db_ok  # Redis down degrades features but the instance can still serve
-    return (
-        {"status": "ready" if ok else "unavailable", "database": db_ok, "cache": cache_ok},
-        200 if ok else 503,
-    )
+    body = {
+        "status": "ready" if ok else "unavailable",
+        "database": db_ok,
+        "cache": cache_ok,
+        "degraded": not cache_ok,
+    }
+    return body, 200 if ok else 503
 
 
 @bp.get("/metrics")

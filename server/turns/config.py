@@ -20,6 +20,14 @@ class TurnConfig:
     replay_max_bytes: int = 1 << 20
     checkpoint_seconds: float = 0.5
     system_prompt: str = ""
+    # Across instances (server/turns/relay.py): the owner's lease on a live turn, how often
+    # it is renewed, how often every instance sweeps for turns whose owner is gone, how
+    # often stream buffers are flushed, and how long a finished turn's buffer lingers.
+    lease_ttl: float = 10.0
+    lease_renew: float = 2.0
+    sweep_seconds: float = 3.0
+    relay_flush_seconds: float = 0.05
+    stream_linger: float = 120.0
     # Not contract numbers: how long a final write may hold up chat.done (or shutdown),
     # and how many turn starts share one transaction when they arrive together.
     finish_deadline: float = 45.0
@@ -37,4 +45,7 @@ class TurnConfig:
             replay_max_bytes=s.replay_max_bytes,
             checkpoint_seconds=s.checkpoint_seconds,
             system_prompt=s.llm_system_prompt,
+            lease_ttl=s.turn_lease_seconds,
+            lease_renew=s.turn_lease_seconds / 5,
+            sweep_seconds=s.turn_sweep_seconds,
         )

@@ -31,6 +31,7 @@ from server.logging import get_logger
 from server.services import Services
 from server.turns.config import TurnConfig
 from server.turns.live import LiveTurn, Upstream
+from server.turns.relay import Relay, end_payload
 from server.turns.starts import idem_key
 from store import messages as store_messages
 from store.cache import CacheError
@@ -54,12 +55,18 @@ class Generation:
     """Runs the turns of this instance; ``live`` is the registry (conversation id → turn)."""
 
     def __init__(
-        self, svc: Services, upstream: Upstream, cfg: TurnConfig, live: dict[str, LiveTurn]
+        self,
+        svc: Services,
+        upstream: Upstream,
+        cfg: TurnConfig,
+        live: dict[str, LiveTurn],
+        relay: Relay,
     ) -> None:
         self.svc = svc
         self.upstream = upstream
         self.cfg = cfg
         self.live = live
+        self.relay = relay
 
     def upstream_messages(self, live: LiveTurn) -> list[ChatMessage]:
         msgs: list[ChatMessage] = []
@@ -105,6 +112,7 @@ class Generation:
             )
             if self.cfg.duplicate_window > 0:
                 pipe.set(live.dup_key, b"1", ttl=self.cfg.duplicate_window)
+            self.relay.lease(pipe, live)
             await pipe.execute()
         except CacheError:
             pass  # the database still answers duplicates by messageId
@@ -145,6 +153,7 @@ class Generation:
                     result = turn.add_delta(event.text)
                     if result.chunk is not None:
                         live.send_delta(live.delta(result.chunk, result.text), t0)
+                        self.relay.on_delta(live, result.chunk, result.text)
                     if result.truncated:
                         return
                 elif isinstance(event, StreamEnd):
@@ -184,7 +193,7 @@ class Generation:
         text = turn.text
         for attempt in range(12):  # about 40 s of retries: chat.done waits for the write
             try:
-                await self.svc.db.tx(
+                stored = await self.svc.db.tx(
                     lambda c: store_messages.finish_message(
                         c,
                         live.message_id,
@@ -203,6 +212,9 @@ class Generation:
         else:
             self._unstored(live)
             return
+        if not stored:
+            await self._fenced(live)
+            return
         self.svc.metrics.turns.labels(status).inc()
         if live.error is not None and turn.chunks == 0:
             # Nothing reached the client: a retry with a new messageId must not be refused.
@@ -212,6 +224,39 @@ class Generation:
         if live.error is not None:
             self._send_error(live, live.error)
         live.send(live.done_frame)
+        await self.relay.end(
+            live,
+            end_payload(
+                status=status,
+                finish_reason=turn.finish_reason,
+                chunks=turn.chunks,
+                output_tokens=turn.output_tokens,
+                input_tokens=live.usage_in,
+                error=live.error,
+            ),
+        )
+
+    async def _fenced(self, live: LiveTurn) -> None:
+        """Another instance already stored this turn's end (it took this one for dead): that
+        end stands; the listeners get it as stored, never a second, different one."""
+        log.warning("finish_fenced", convId=live.conversation_id, messageId=live.message_id)
+        self._forget(live)
+        row = await self.svc.db.read(lambda c: store_messages.get_message(c, live.message_id))
+        if row is None:
+            return
+        live.send(
+            lambda reply: outgoing.chat_done(
+                reply,
+                conversation_id=row.conversation_id,
+                message_id=row.id,
+                seq=row.seq,
+                status=row.status,
+                finish_reason=row.finish_reason,
+                chunks=row.chunk_count,
+                output_tokens=row.completion_tokens or 0,
+                input_tokens=row.prompt_tokens,
+            )
+        )
 
     def _send_error(self, live: LiveTurn, err: ProtocolError) -> None:
         """One error event: counted once, sent to every listener."""

@@ -19,8 +19,11 @@ from server.services import Services
 from server.turns.config import TurnConfig
 from server.turns.generation import Generation
 from server.turns.live import Listener, LiveTurn, OutboxLike, Upstream
+from server.turns.relay import Relay
 from server.turns.replay import Replay
 from server.turns.starts import PendingStart, StartQueue, precheck, refusal
+from server.turns.sweeper import Sweeper
+from store import messages as store_messages
 from store.messages import BeginOutcome, BeginRequest, BeginResult
 
 __all__ = ["TurnManager"]
@@ -29,13 +32,24 @@ __all__ = ["TurnManager"]
 class TurnManager:
     """Every live turn of this instance, and the rules of starting and ending one."""
 
-    def __init__(self, svc: Services, upstream: Upstream, cfg: TurnConfig | None = None) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        upstream: Upstream,
+        cfg: TurnConfig | None = None,
+        *,
+        cluster: bool | None = None,
+    ) -> None:
+        """``cluster``: other instances may own turns (Redis); default: from the settings."""
         self.svc = svc
         self.upstream = upstream
         self.cfg = cfg or TurnConfig.from_settings(svc.settings)
         self.live: dict[str, LiveTurn] = {}
-        self.generation = Generation(svc, upstream, self.cfg, self.live)
-        self.replay = Replay(svc, self.cfg, self.live)
+        enabled = not svc.settings.single_instance if cluster is None else cluster
+        self.relay = Relay(svc, self.cfg, self.live, enabled=enabled)
+        self.sweeper = Sweeper(svc, self.cfg, self.live)
+        self.generation = Generation(svc, upstream, self.cfg, self.live, self.relay)
+        self.replay = Replay(svc, self.cfg, self.live, self.relay, lambda: self.nursery)
         self._starts = StartQueue(
             svc,
             max_user_turns=self.cfg.max_turns_per_user,
@@ -49,6 +63,9 @@ class TurnManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.generation.checkpoint_loop)
+            if self.relay.enabled:
+                nursery.start_soon(self.relay.run)
+                nursery.start_soon(self.sweeper.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -113,18 +130,36 @@ class TurnManager:
     async def resume(self, *, user_id: str, data: ChatResume, listener: Listener) -> None:
         await self.replay.resume(user_id=user_id, data=data, listener=listener)
 
-    def cancel(self, *, user_id: str, conversation_id: str, message_id: str) -> bool:
+    async def cancel(self, *, user_id: str, conversation_id: str, message_id: str) -> bool:
+        """chat.cancel: False when no such reply of the caller is in flight anywhere."""
         live = self.live.get(conversation_id)
-        if live is None or live.user_id != user_id or live.message_id != message_id:
+        if live is not None and live.user_id == user_id and live.message_id == message_id:
+            live.cancel()
+            return True
+        if not self.relay.enabled:
             return False
-        live.cancel()
+        row = await self.svc.db.read(
+            lambda c: store_messages.streaming_message(
+                c, user_id=user_id, conversation_id=conversation_id, message_id=message_id
+            )
+        )
+        if row is None:
+            return False
+        await self.relay.request_cancel(message_id)  # its owner cancels it
         return True
 
-    def cancel_conversation(self, conversation_id: str) -> None:
-        """The conversation was deleted: stop its turn (it ends cancelled)."""
+    async def cancel_conversation(self, conversation_id: str) -> None:
+        """The conversation was deleted: stop its turn, wherever it runs (it ends cancelled)."""
         live = self.live.get(conversation_id)
         if live is not None:
             live.cancel()
+            return
+        if self.relay.enabled:
+            ids = await self.svc.db.read(
+                lambda c: store_messages.streaming_in_conversation(c, conversation_id)
+            )
+            for mid in ids:
+                await self.relay.request_cancel(mid)
 
     def interrupt_all(self) -> int:
         """Drain: cut every turn still running; each ends ``interrupted``, text stored."""
@@ -136,3 +171,4 @@ class TurnManager:
         """A connection closed: stop sending it frames (the turns go on)."""
         for live in self.live.values():
             live.detach(outbox)
+        self.relay.stop_following(outbox)

@@ -7,6 +7,8 @@ reads what the plan needs and sends it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from protocol import outgoing
@@ -17,6 +19,7 @@ from protocol.resume import InFlight, Reset, StoredRef, plan_resume
 from server.services import Services
 from server.turns.config import TurnConfig
 from server.turns.live import Listener, LiveTurn
+from server.turns.relay import Relay, Snapshot
 from store import messages as store_messages
 from store.records import MessageRecord
 
@@ -24,10 +27,19 @@ __all__ = ["Replay"]
 
 
 class Replay:
-    def __init__(self, svc: Services, cfg: TurnConfig, live: dict[str, LiveTurn]) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        cfg: TurnConfig,
+        live: dict[str, LiveTurn],
+        relay: Relay,
+        nursery: Callable[[], trio.Nursery],
+    ) -> None:
         self.svc = svc
         self.cfg = cfg
         self.live = live
+        self.relay = relay
+        self._nursery = nursery
 
     def _live(self, conversation_id: str) -> LiveTurn | None:
         live = self.live.get(conversation_id)
@@ -60,8 +72,8 @@ class Replay:
             fresh = await self.svc.db.read(lambda c: store_messages.get_message(c, aid))
             if fresh is not None and fresh.status != MessageStatus.STREAMING:
                 assistant = fresh
-        if assistant.status == MessageStatus.STREAMING:
-            # Streaming elsewhere (another instance) or a leftover: the caller may resume.
+        if assistant.status == MessageStatus.STREAMING and not self.relay.enabled:
+            # One process owns every turn: a streaming row that is not live is a leftover.
             raise ProtocolError(
                 ErrorCode.CONVERSATION_BUSY,
                 "this reply is streaming on another connection; resume the conversation",
@@ -78,6 +90,10 @@ class Replay:
                 duplicate=True,
             )
         )
+        if assistant.status == MessageStatus.STREAMING:
+            # Live on another instance: join it there, from its first chunk.
+            await self._nursery().start(self.relay.follow, listener, assistant, _from_start)
+            return
         self.replay_stored(assistant, listener)
 
     def replay_stored(self, m: MessageRecord, listener: Listener) -> None:
@@ -127,6 +143,9 @@ class Replay:
                 await trio.sleep(0.05)  # a turn finishing right now: read again
                 continue
             break
+        if live is None and orphan and self.relay.enabled:
+            await self._resume_remote(data, listener, last_seq, rows)
+            return
         plan = plan_resume(
             last_message_seq=after,
             last_chunk=data.lastChunk,
@@ -175,6 +194,57 @@ class Replay:
         if live is not None:
             live.attach(listener)
 
+    async def _resume_remote(
+        self,
+        data: ChatResume,
+        listener: Listener,
+        last_seq: int,
+        rows: list[tuple[int, int, str]],
+    ) -> None:
+        """The turn in flight lives on another instance: replay from its stream buffer,
+        then follow it live through the broker."""
+        conv_id, after, cfg = str(data.conversationId), data.lastMessageSeq, self.cfg
+        seq = next(s for s, _, status in rows if status == MessageStatus.STREAMING)
+        [row] = await self.svc.db.read(lambda c: store_messages.messages_by_seq(c, conv_id, [seq]))
+
+        async def on_snapshot(snap: Snapshot) -> int | None:
+            if snap.end is not None:  # it ended meanwhile: its row is final
+                seqs = [s for s, _, _ in rows if s > after]
+                records = await self.svc.db.read(
+                    lambda c: store_messages.messages_by_seq(c, conv_id, seqs)
+                )
+                for m in records:
+                    listener.send(outgoing.chat_message(listener.reply, m))
+                self._resumed(conv_id, listener, replayed=len(records), live=False, reset=False)
+                return None
+            plan = plan_resume(
+                last_message_seq=after,
+                last_chunk=data.lastChunk,
+                server_last_seq=last_seq,
+                stored=[StoredRef(s, size) for s, size, _ in rows],
+                in_flight=InFlight(seq, tuple(enumerate(snap.deltas))),
+                max_messages=cfg.replay_max_messages,
+                max_bytes=cfg.replay_max_bytes,
+            )
+            if isinstance(plan, Reset):
+                self._resumed(conv_id, listener, replayed=0, live=True, reset=True)
+                return len(snap.deltas)
+            records = await self.svc.db.read(
+                lambda c: store_messages.messages_by_seq(c, conv_id, list(plan.messages))
+            )
+            for m in records:
+                listener.send(outgoing.chat_message(listener.reply, m))
+            replayed = len(records)
+            missing = "".join(snap.deltas[plan.stream_from_chunk :])
+            if missing:
+                delta = StreamDelta(conv_id, row.id, seq, len(snap.deltas) - 1, missing)
+                listener.outbox.push_stream(delta, listener.reply)
+                replayed += 1
+            self._resumed(conv_id, listener, replayed=replayed, live=True, reset=False)
+            return len(snap.deltas)
+
+        await self._nursery().start(self.relay.follow, listener, row, on_snapshot)
+
     def _resumed(
         self, conv_id: str, listener: Listener, *, replayed: int, live: bool, reset: bool
     ) -> None:
@@ -183,3 +253,8 @@ class Replay:
                 listener.reply, conversation_id=conv_id, replayed=replayed, live=live, reset=reset
             )
         )
+
+
+async def _from_start(_snap: Snapshot) -> int:
+    """A duplicate send joining a turn on another instance: all of it, from chunk 0."""
+    return 0

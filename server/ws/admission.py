@@ -25,12 +25,13 @@ from server.ws.outbox import Outbox
 from server.ws.state import Connection, WsConfig
 from store.cache import CacheError
 
-__all__ = ["BEARER_PREFIX", "SUBPROTOCOL", "admit"]
+__all__ = ["BEARER_PREFIX", "PRESENCE_TTL", "SUBPROTOCOL", "admit", "presence_key"]
 
 log = get_logger("parley.ws")
 
 SUBPROTOCOL = "chat.v1"
 BEARER_PREFIX = "bearer."
+PRESENCE_TTL = 60.0  # seconds; each instance refreshes its sockets every PRESENCE_TTL / 3
 
 
 def _client_ip(svc: Services) -> str:
@@ -69,6 +70,28 @@ async def _refuse_before_upgrade(svc: Services) -> None:
         abort(429, "too many WebSocket upgrades from this address; retry later")
 
 
+def presence_key(user_id: str) -> str:
+    """The user's open sockets on every instance (``CacheEngine.presence_add``)."""
+    return f"conns:{user_id}"
+
+
+async def _over_user_cap(
+    svc: Services, hub: Hub, cfg: WsConfig, user_id: str, conn_id: str
+) -> bool:
+    """Count this socket among the user's sockets on every instance; over the cap, it does
+    not count and is refused. Entries of a dead instance expire (``PRESENCE_TTL``).
+    Without the cache, this instance's own count decides."""
+    key = presence_key(user_id)
+    try:
+        count = await svc.cache.presence_add(key, [conn_id], ttl=PRESENCE_TTL)
+        if count > cfg.max_connections_per_user:
+            await svc.cache.presence_remove(key, conn_id)
+            return True
+        return False
+    except CacheError:
+        return hub.count_for_user(user_id) >= cfg.max_connections_per_user
+
+
 async def _close(svc: Services, code: CloseCode, reason: str, dropped: str) -> None:
     svc.metrics.ws_dropped.labels(dropped).inc()
     await websocket.close(int(code), reason)
@@ -99,12 +122,13 @@ async def admit(svc: Services, hub: Hub, cfg: WsConfig) -> Connection | None:
         code = CloseCode.TRY_AGAIN_LATER
         await _close(svc, code, close_reason(code), "instance_full")
         return None
-    if hub.count_for_user(principal.user_id) >= cfg.max_connections_per_user:
+    conn_id = uuid.uuid4().hex
+    if await _over_user_cap(svc, hub, cfg, principal.user_id, conn_id):
         code = CloseCode.TOO_MANY_CONNECTIONS
         await _close(svc, code, close_reason(code), "user_limit")
         return None
     return Connection(
-        id=uuid.uuid4().hex,
+        id=conn_id,
         user_id=principal.user_id,
         session_id=principal.session_id,
         claims=principal.claims,

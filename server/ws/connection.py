@@ -9,6 +9,7 @@ as the close to perform; the writer drains the outbox and then closes.
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from typing import Any
 
 import trio
@@ -23,10 +24,11 @@ from server.load import LoadMonitor
 from server.logging import get_logger
 from server.services import Services
 from server.turns import TurnManager
-from server.ws.admission import admit
+from server.ws.admission import PRESENCE_TTL, admit, presence_key
 from server.ws.dispatch import Dispatcher
 from server.ws.hub import Hub
 from server.ws.state import Connection, WsConfig
+from store.cache import CacheError
 
 __all__ = ["Connection", "WsConfig", "check_connection", "handle_websocket", "sweep_connections"]
 
@@ -61,6 +63,9 @@ async def handle_websocket(
         turns.detach(conn.outbox)
         conn.outbox.close()
         svc.metrics.ws_connections.dec()
+        # shielded: the connection's scope may be cancelled; unreachable, it expires itself
+        with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(CacheError):
+            await svc.cache.presence_remove(presence_key(conn.user_id), conn.id)
 
 
 async def _writer(
@@ -174,9 +179,26 @@ def check_connection(svc: Services, conn: Connection, cfg: WsConfig, now: float)
 
 async def sweep_connections(svc: Services, hub: Hub, cfg: WsConfig, every: float = 0.5) -> None:
     """One task checks every connection of the instance: an idle socket never wakes up
-    (10,000 per-connection timers cost most of a core; one sweep costs milliseconds)."""
+    (10,000 per-connection timers cost most of a core; one sweep costs milliseconds).
+    Every ``PRESENCE_TTL / 3`` it also renews this instance's sockets in the cluster-wide
+    per-user count."""
+    next_presence = trio.current_time() + PRESENCE_TTL / 3
     while True:
         await trio.sleep(every)
         now = trio.current_time()
         for conn in hub.all():
             check_connection(svc, conn, cfg, now)
+        if now >= next_presence:
+            next_presence = now + PRESENCE_TTL / 3
+            await renew_presence(svc, hub)
+
+
+async def renew_presence(svc: Services, hub: Hub) -> None:
+    by_user: dict[str, list[str]] = {}
+    for conn in hub.all():
+        by_user.setdefault(conn.user_id, []).append(conn.id)
+    try:
+        for user_id, ids in by_user.items():
+            await svc.cache.presence_add(presence_key(user_id), ids, ttl=PRESENCE_TTL)
+    except CacheError:
+        log.warning("presence_renew_failed")

@@ -104,7 +104,7 @@ class Dispatcher:
         assert isinstance(data, ChatCancel)
         if not await self._session_ok(conn, reply):
             return
-        if not self.turns.cancel(
+        if not await self.turns.cancel(
             user_id=conn.user_id,
             conversation_id=str(data.conversationId),
             message_id=str(data.messageId),

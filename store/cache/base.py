@@ -306,6 +306,19 @@ class CacheEngine(ABC):
     async def lrange(self, key: str, start: int, stop: int) -> list[bytes]:
         """Items ``start..stop`` inclusive, negatives from the end (Redis LRANGE)."""
 
+    # -- presence (who is connected, across instances) --------------------
+
+    @abstractmethod
+    async def presence_add(self, key: str, members: Sequence[str], ttl: float) -> int:
+        """Add or refresh ``members`` of the set ``key``, each alive for ``ttl`` seconds
+        from now (a member not refreshed in time drops out by itself: a dead instance's
+        entries do not count for ever); return how many members are alive. Atomic.
+        ``members`` may be empty: then it only counts."""
+
+    @abstractmethod
+    async def presence_remove(self, key: str, *members: str) -> None:
+        """Drop ``members`` from the set ``key`` now."""
+
     # -- limiter -----------------------------------------------------------
 
     @abstractmethod

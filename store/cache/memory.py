@@ -67,6 +67,7 @@ class MemoryCacheEngine(CacheEngine):
         self._data: dict[str, _Entry] = {}
         self._expiry_heap: list[tuple[float, str]] = []
         self._subs: dict[str, set[Subscription]] = {}
+        self._presence: dict[str, dict[str, float]] = {}
         self._closed = False
         self._dropped_closed = 0
 
@@ -305,6 +306,32 @@ class MemoryCacheEngine(CacheEngine):
         return list(items[start : stop + 1])
 
     # -- limiter -----------------------------------------------------------
+
+    async def presence_add(self, key: str, members: Sequence[str], ttl: float) -> int:
+        checked = check_ttl(ttl)
+        if checked is None:
+            raise ValueError("presence_add needs a ttl")
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        now = self._clock()
+        alive = {m: t for m, t in self._presence.get(key, {}).items() if t > now}
+        for m in members:
+            alive[m] = now + checked
+        if alive:
+            self._presence[key] = alive
+        else:
+            self._presence.pop(key, None)
+        return len(alive)
+
+    async def presence_remove(self, key: str, *members: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        entries = self._presence.get(key)
+        if entries is not None:
+            for m in members:
+                entries.pop(m, None)
+            if not entries:
+                del self._presence[key]
 
     async def hit_rate(self, key: str, limit: int, window_seconds: float) -> tuple[bool, float]:
         window = check_ttl(window_seconds)

@@ -76,6 +76,18 @@ end
 return {v, pttl}
 """
 
+_PRESENCE_ADD = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for i = 4, #ARGV do
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
+end
+local n = redis.call('ZCARD', KEYS[1])
+if n > 0 and #ARGV >= 4 and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])  -- the key lives as long as its longest member
+end
+return n
+"""
+
 _subscription_ids = itertools.count(1)
 
 
@@ -172,6 +184,7 @@ class RedisCacheEngine(CacheEngine):
         self._pubsub_client = redis.Redis(connection_pool=self._pubsub_pool)
         self._limiter = trio.CapacityLimiter(max_connections)
         self._incr_window = self._client.register_script(_INCR_WINDOW)
+        self._presence_add = self._client.register_script(_PRESENCE_ADD)
         self._poll_interval = poll_interval
         self._active: dict[threading.Event, Subscription] = {}
         self._closed = False
@@ -269,6 +282,21 @@ class RedisCacheEngine(CacheEngine):
     async def lrange(self, key: str, start: int, stop: int) -> list[bytes]:
         items = await self._call(self._client.lrange, key, start, stop)
         return cast("list[bytes]", items)
+
+    # -- presence ------------------------------------------------------------
+
+    async def presence_add(self, key: str, members: Sequence[str], ttl: float) -> int:
+        checked = check_ttl(ttl)
+        if checked is None:
+            raise ValueError("presence_add needs a ttl")
+        now_ms = int(time.time() * 1000)
+        ms = ttl_ms(checked)
+        args: list[str | int] = [now_ms, now_ms + ms, ms, *members]
+        return int(await self._call(self._presence_add, keys=[key], args=args))
+
+    async def presence_remove(self, key: str, *members: str) -> None:
+        if members:
+            await self._call(self._client.zrem, key, *members)
 
     # -- limiter -----------------------------------------------------------
 

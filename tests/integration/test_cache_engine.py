@@ -267,6 +267,22 @@ async def test_incr_is_atomic_under_concurrency(engine: CacheEngine, key: KeyFac
     assert sorted(seen) == list(range(1, 51))
 
 
+async def test_presence_counts_live_members_and_forgets_the_silent(
+    engine: CacheEngine, key: KeyFactory
+) -> None:
+    k = key("presence")
+    assert await engine.presence_add(k, [], ttl=5) == 0
+    assert await engine.presence_add(k, ["a", "b"], ttl=5) == 2
+    assert await engine.presence_add(k, ["b"], ttl=5) == 2  # refreshing is not adding
+    assert await engine.presence_add(k, ["c"], ttl=0.3) == 3
+    await engine.presence_remove(k, "a")
+    assert await engine.presence_add(k, [], ttl=5) == 2
+    await trio.sleep(0.4)  # "c" was not refreshed: it no longer counts
+    assert await engine.presence_add(k, [], ttl=5) == 1
+    await engine.presence_remove(k, "b", "nobody")
+    assert await engine.presence_add(k, [], ttl=5) == 0
+
+
 async def test_hit_rate_allows_then_denies_with_retry_after(
     engine: CacheEngine, key: KeyFactory
 ) -> None:

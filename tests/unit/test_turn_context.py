@@ -10,6 +10,7 @@ from protocol.turn import Turn
 from server.llm.base import ChatMessage
 from server.turns import LiveTurn, TurnConfig
 from server.turns.generation import Generation
+from server.turns.relay import Relay
 from store.records import MessageRecord
 
 NOW = dt.datetime(2026, 1, 1)
@@ -39,7 +40,8 @@ def record(seq: int, role: str) -> MessageRecord:
 def manager(system_prompt: str) -> Generation:
     svc: Any = SimpleNamespace()
     upstream: Any = SimpleNamespace()
-    return Generation(svc, upstream, TurnConfig(system_prompt=system_prompt), {})
+    cfg = TurnConfig(system_prompt=system_prompt)
+    return Generation(svc, upstream, cfg, {}, Relay(svc, cfg, {}, enabled=False))
 
 
 def live(history: list[tuple[str, str]]) -> LiveTurn:

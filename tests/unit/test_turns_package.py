@@ -236,10 +236,12 @@ async def test_cancel_keeps_the_partial_text(
     await upstream.token("par", "tial")
     await out.wait_for("chat.stream", 2)
     ack = out.of("chat.ack")[0]
-    assert not turns.cancel(
+    assert not await turns.cancel(
         user_id="someone-else", conversation_id=conv, message_id=ack["assistantMessageId"]
     )
-    assert turns.cancel(user_id=user, conversation_id=conv, message_id=ack["assistantMessageId"])
+    assert await turns.cancel(
+        user_id=user, conversation_id=conv, message_id=ack["assistantMessageId"]
+    )
     await out.wait_for("chat.done")
     assert out.of("chat.done")[0]["status"] == "cancelled"
     row = await stored(svc, ack["assistantMessageId"])
