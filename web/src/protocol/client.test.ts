@@ -340,6 +340,15 @@ describe("ChatClient connection", () => {
     expect(h.client.state.kind).toBe("reconnecting");
   });
 
+  it("gives up on a socket that never says session.ready", () => {
+    h.client.start();
+    h.timers.advance(25_000);
+    expect(h.sockets[0].closed).toBe(true);
+    expect(h.client.state.kind).toBe("reconnecting");
+    h.timers.advance(h.timers.nextDelay()!);
+    expect(h.sockets.length).toBe(2);
+  });
+
   it("goes offline with the browser and reconnects at once when it is back", () => {
     h.client.start();
     h.last().ready();

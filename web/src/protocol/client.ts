@@ -237,6 +237,7 @@ export class ChatClient {
       return;
     }
     this.ws = ws;
+    this.armIdle();
     ws.onmessage = (ev) => this.onMessage(ev.data);
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
@@ -345,7 +346,13 @@ export class ChatClient {
     }
     this.idleTimer = this.timers.setTimeout(() => {
       this.idleTimer = null;
-      if (!this.ready) return;
+      if (!this.ready) {
+        // opened (or opening) but no session.ready: treat it as lost
+        const ws = this.ws;
+        this.dropSocket();
+        if (ws) this.onClose(1006, "no answer from the server");
+        return;
+      }
       this.emit({ type: "ping" }, { kind: "ping" });
       this.pongTimer = this.timers.setTimeout(() => {
         this.pongTimer = null;
