@@ -6,21 +6,18 @@ the database holds can be checked at every step.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import trio
 
-from protocol.codec import validate_server_frame
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import ChatResume, ChatSend
-from protocol.outgoing import OutboundFrame, ReplyTo, StreamDelta
-from server.llm.base import ChatMessage, StreamEnd, TokenDelta, UpstreamError
+from protocol.outgoing import ReplyTo
+from server.llm.base import ChatMessage
 from server.services import Services, build_services
 from server.settings import Settings
 from server.turns import Listener, TurnConfig, TurnManager
@@ -28,80 +25,7 @@ from store import conversations as conv_repo
 from store import messages as store_messages
 from store import users as users_repo
 from tests.conftest import TEST_JWT_KEYS
-
-
-class FakeOutbox:
-    """Records what a connection would be sent, as (type, data) pairs."""
-
-    def __init__(self) -> None:
-        self.frames: list[tuple[str, dict[str, Any]]] = []
-        self.arrived = trio.Event()
-
-    def push_frame(self, frame: OutboundFrame) -> None:
-        validate_server_frame(frame.text)
-        self.frames.append((frame.type, orjson.loads(frame.text)["data"]))
-        self.arrived.set()
-
-    def push_stream(
-        self, delta: StreamDelta, reply: ReplyTo, t0: float | None = None, gap: float = 1.0
-    ) -> None:
-        self.frames.append(
-            ("chat.stream", {"chunk": delta.chunk, "delta": delta.text, "seq": delta.seq})
-        )
-        self.arrived.set()
-
-    def types(self) -> list[str]:
-        return [t for t, _ in self.frames]
-
-    def of(self, type_: str) -> list[dict[str, Any]]:
-        return [d for t, d in self.frames if t == type_]
-
-    def text(self) -> str:
-        return "".join(d["delta"] for d in self.of("chat.stream"))
-
-    async def wait_for(self, type_: str, count: int = 1) -> None:
-        with trio.fail_after(10):
-            while len(self.of(type_)) < count:
-                self.arrived = trio.Event()
-                await self.arrived.wait()
-
-
-class FakeUpstream:
-    """Each stream() yields what the test sends into it; ``fail`` ends it with an error."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[ChatMessage]] = []
-        self.unavailable = 0.0
-        self._send, self._receive = trio.open_memory_channel[Any](100)
-
-    def unavailable_for(self) -> float:
-        return self.unavailable
-
-    @contextlib.asynccontextmanager
-    async def stream(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int
-    ) -> AsyncIterator[AsyncIterator[Any]]:
-        self.calls.append(list(messages))
-
-        async def events() -> AsyncIterator[Any]:
-            async for item in self._receive:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-                if isinstance(item, StreamEnd):
-                    return
-
-        yield events()
-
-    async def token(self, *texts: str) -> None:
-        for t in texts:
-            await self._send.send(TokenDelta(t))
-
-    async def end(self, reason: str = "stop") -> None:
-        await self._send.send(StreamEnd(reason))
-
-    async def fail(self) -> None:
-        await self._send.send(UpstreamError("boom", retryable=False))
+from tests.support.turns import FakeOutbox, FakeUpstream
 
 
 @pytest.fixture
