@@ -30,7 +30,7 @@ from types import FrameType
 from typing import Any
 
 from server.logging import get_logger
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 
 __all__ = ["FD_ENV", "INDEX_ENV", "Supervisor", "supervise"]
 
@@ -191,7 +191,7 @@ def _check_metrics_ports(settings: Settings) -> str | None:
     return None
 
 
-def supervise(settings: Settings, sock: socket.socket) -> int:
+def supervise(settings: Settings, sock: socket.socket, *, install_signals: bool = True) -> int:
     """Run ``settings.workers`` worker processes on ``sock`` until SIGTERM/SIGINT."""
     problem = _check_metrics_ports(settings)
     if problem:
@@ -199,7 +199,12 @@ def supervise(settings: Settings, sock: socket.socket) -> int:
         print(problem, file=sys.stderr)
         return 2
     # Made once here: N workers starting together would each make a different dev key.
-    settings.jwt_key_ring()
+    try:
+        settings.jwt_key_ring()
+    except SettingsError as exc:
+        sock.close()
+        print(f"parley: configuration error: {exc}", file=sys.stderr)
+        return 2
     port = sock.getsockname()[1]
     fd = sock.fileno()
     env = dict(os.environ)
@@ -224,6 +229,6 @@ def supervise(settings: Settings, sock: socket.socket) -> int:
         "Running on %s with %d workers (CTRL + C to quit)", address, settings.workers
     )
     try:
-        return Supervisor(settings.workers, spawn).run()
+        return Supervisor(settings.workers, spawn).run(install_signals=install_signals)
     finally:
         sock.close()

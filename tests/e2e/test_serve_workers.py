@@ -6,19 +6,25 @@ the embedded default."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from server.settings import load_settings
+from server.supervisor import Supervisor, supervise
+from server.ws.listener import make_listen_socket
 from tests.support.cluster import RedisServer, ServerProcess, pids_in, server_env
 from tests.support.procs import PARLEY, clean_env, free_port, free_port_range
 from tests.support.wsclient import Rest, connect
@@ -151,3 +157,49 @@ def test_workers_refused_on_the_embedded_default(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "needs PARLEY_REDIS_URL" in r.stderr and "per process" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_supervise_in_this_process(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent's side in the test's process (coverage sees it); the workers are real."""
+    made: list[Supervisor] = []
+    init = Supervisor.__init__
+
+    def record(self: Supervisor, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Supervisor, "__init__", record)
+    with RedisServer(tmp_path) as redis_server:
+        env = server_env(sqlite_url, redis_server.url)
+        for name in [k for k in os.environ if k.startswith("PARLEY_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            if name.startswith("PARLEY_"):
+                monkeypatch.setenv(name, value)
+        sock = make_listen_socket("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        seen: set[str] = set()
+
+        def client() -> None:
+            try:
+                deadline = time.monotonic() + 60
+                while len(seen) < 2 and time.monotonic() < deadline:
+                    with contextlib.suppress(httpx.TransportError):
+                        r = httpx.get(
+                            f"http://127.0.0.1:{port}/healthz",
+                            headers={"Connection": "close"},
+                            timeout=2,
+                        )
+                        seen.add(r.headers["X-Parley-Worker"])
+                    time.sleep(0.02)
+            finally:
+                made[0].request_stop()  # what its SIGTERM handler does
+
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        settings = load_settings(workers=2, data_dir=tmp_path)
+        assert supervise(settings, sock, install_signals=False) == 0
+        thread.join(10)
+    assert len(seen) == 2 and str(os.getpid()) not in seen

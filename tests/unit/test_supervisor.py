@@ -19,13 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
+from prometheus_client import CollectorRegistry, Counter
 
 from server import process
-from server.process import WorkerHeader, metrics_port, watch_parent
+from server.process import WorkerHeader, metrics_port, start_metrics_listener, watch_parent
 from server.settings import Settings
-from server.supervisor import Supervisor, _check_metrics_ports
+from server.supervisor import Supervisor, _check_metrics_ports, supervise
+from tests.support.procs import free_port_range
 
 # A worker that serves until SIGTERM, then exits 0; one that ignores SIGTERM; one that dies.
 # The first two say when their handler is set: a file named by their pid in READY.
@@ -176,3 +179,34 @@ async def test_a_worker_drains_when_its_parent_is_gone(monkeypatch: pytest.Monke
     with trio.fail_after(5):
         await watch_parent(shutdown, period=0.01)
     assert shutdown.is_set()
+
+
+def test_the_metrics_listener_serves_this_registry_and_a_taken_port_is_logged() -> None:
+    registry = CollectorRegistry()
+    Counter("parley_probe", "a probe", registry=registry).inc(3)
+    base = free_port_range(2)
+    settings = Settings(metrics_port_base=base)
+    start_metrics_listener(settings, registry, 1)
+    text = httpx.get(f"http://127.0.0.1:{base + 1}/metrics", timeout=5).text
+    assert "parley_probe_total 3.0" in text
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base))
+        taken.listen()
+        start_metrics_listener(settings, registry, 0)  # logged, not raised
+
+
+def test_supervise_refuses_a_taken_metrics_port_and_a_bad_key_ring(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sock = socket.socket()
+        assert supervise(Settings(workers=2, metrics_port_base=port), sock) == 2
+    assert sock.fileno() == -1  # closed
+    assert "PARLEY_METRICS_PORT_BASE + 0" in capsys.readouterr().err
+    sock = socket.socket()
+    assert supervise(Settings(workers=2, jwt_keys="short", data_dir=tmp_path), sock) == 2
+    assert "PARLEY_JWT_KEYS" in capsys.readouterr().err
+    assert sock.fileno() == -1
