@@ -1,8 +1,9 @@
 """`parley serve --workers 2` as a real process on MariaDB and a test-owned Redis: one
 port, both workers answer (the X-Parley-Worker header), a chat flow through the shared
 port, per-worker metrics that sum to what was sent, a worker killed -9 comes back while
-the port keeps answering, SIGTERM on the parent exits 0 within 30 s. And the refusal on
-the embedded default."""
+the port keeps answering, a turn streaming on one worker resumed live on the other,
+SIGTERM on the parent exits 0 within 30 s. And the refusal on the embedded default; and
+the parent's side (supervise) run in the test's own process."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from server.supervisor import Supervisor, supervise
 from server.ws.listener import make_listen_socket
 from tests.support.cluster import RedisServer, ServerProcess, pids_in, server_env
 from tests.support.procs import PARLEY, clean_env, free_port, free_port_range
-from tests.support.wsclient import Rest, connect
+from tests.support.wsclient import Rest, WsClient, connect
 
 HEALTHZ = re.compile(r'^parley_http_requests_total\{route="/healthz",status="200"\} (\S+)$', re.M)
 
@@ -38,7 +40,14 @@ def workers2(mysql_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, in
     metrics_base = free_port_range(2)
     with RedisServer(tmp_path) as redis_server:
         env = server_env(
-            mysql_url, redis_server.url, {"PARLEY_METRICS_PORT_BASE": str(metrics_base)}
+            mysql_url,
+            redis_server.url,
+            {
+                "PARLEY_METRICS_PORT_BASE": str(metrics_base),
+                # answers of ~1.5 s: long enough to resume one live on the other worker
+                "PARLEY_SIM_TOKENS_PER_SECOND": "40",
+                "PARLEY_SIM_MAX_TOKENS": "60",
+            },
         )
         server = ServerProcess(free_port(), env, tmp_path, name="workers", args=["--workers", "2"])
         try:
@@ -143,6 +152,45 @@ async def test_a_worker_killed_is_restarted_and_the_port_keeps_answering(
     assert '"worker_exited"' in server.log()
     assert server.running()
     assert await trio.to_thread.run_sync(server.term, 30.0) == 0
+
+
+def answered_by(ws: WsClient) -> int:
+    return int(dict(ws.ws.handshake_headers)[b"x-parley-worker"])
+
+
+@pytest.mark.mysql
+@pytest.mark.redis
+async def test_a_turn_on_one_worker_resumes_live_on_the_other(
+    workers2: tuple[ServerProcess, int],
+) -> None:
+    server, _ = workers2
+    rest = Rest(server.url)
+    token = (await rest.register())["accessToken"]
+    conv = await rest.conversation(token)
+    send = {"conversationId": conv, "messageId": str(uuid.uuid4()), "content": "hello"}
+    async with connect(server.ws_url, token, origin=server.url) as a:
+        await a.send("chat.send", send)
+        while (await a.recv())["type"] != "chat.stream":
+            pass
+        for _ in range(50):  # new connections until one lands on the other worker
+            async with connect(server.ws_url, token, origin=server.url) as b:
+                if answered_by(b) == answered_by(a):
+                    continue
+                await b.send("chat.resume", {"conversationId": conv, "lastMessageSeq": 1})
+                frames = [await b.recv()]
+                while frames[-1]["type"] != "chat.done":
+                    frames.append(await b.recv())
+                break
+        else:
+            raise AssertionError("50 connections, all on one worker")
+    resumed = next(f for f in frames if f["type"] == "chat.resumed")
+    assert resumed["data"]["live"] is True
+    stream = [f["data"] for f in frames if f["type"] == "chat.stream"]
+    chunks = [d["chunk"] for d in stream]
+    assert chunks and chunks == sorted(set(chunks))  # in order, none twice
+    assert frames[-1]["data"]["status"] == "completed"
+    [stored] = [m for m in await rest.history(token, conv) if m["role"] == "assistant"]
+    assert "".join(d["delta"] for d in stream) == stored["content"]  # no gap at the seam
 
 
 def test_workers_refused_on_the_embedded_default(tmp_path: Path) -> None:
