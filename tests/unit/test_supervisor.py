@@ -6,6 +6,7 @@ tests/e2e/test_serve_workers.py runs the real thing."""
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -24,10 +25,10 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry, Counter
 
-from server import process
+from server import process, worker
 from server.process import WorkerHeader, metrics_port, start_metrics_listener, watch_parent
 from server.settings import Settings
-from server.supervisor import Supervisor, _check_metrics_ports, supervise
+from server.supervisor import FD_ENV, INDEX_ENV, Supervisor, _check_metrics_ports, supervise
 from tests.support.procs import free_port_range
 
 # A worker that serves until SIGTERM, then exits 0; one that ignores SIGTERM; one that dies.
@@ -210,3 +211,26 @@ def test_supervise_refuses_a_taken_metrics_port_and_a_bad_key_ring(
     assert supervise(Settings(workers=2, jwt_keys="short", data_dir=tmp_path), sock) == 2
     assert "PARLEY_JWT_KEYS" in capsys.readouterr().err
     assert sock.fileno() == -1
+
+
+def test_the_worker_entry_refuses_to_run_on_its_own(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(FD_ENV, raising=False)
+    assert worker.main() == 2
+    assert "started by `parley serve --workers N`" in capsys.readouterr().err
+    monkeypatch.setenv(FD_ENV, "3")
+    monkeypatch.setenv(INDEX_ENV, "0")
+    monkeypatch.setenv("PARLEY_PORT", "not a port")
+    assert worker.main() == 2
+    assert "PARLEY_PORT" in capsys.readouterr().err
+
+
+def test_workers_leave_running_on_to_the_supervisor() -> None:
+    quiet = worker._NoRunningOn()
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("hypercorn.error", logging.INFO, "", 0, msg, None, None)
+
+    assert not quiet.filter(record("Running on http://127.0.0.1:8000 (CTRL + C to quit)"))
+    assert quiet.filter(record("something else"))
