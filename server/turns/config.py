@@ -26,7 +26,7 @@ class TurnConfig:
     lease_ttl: float = 10.0
     lease_renew: float = 2.0
     sweep_seconds: float = 3.0
-    relay_flush_seconds: float = 0.05
+    relay_flush_seconds: float = 0.01
     stream_linger: float = 120.0
     # Not contract numbers: how long a final write may hold up chat.done (or shutdown),
     # and how many turn starts share one transaction when they arrive together.

@@ -151,6 +151,7 @@ class Relay:
         self.instance = uuid.uuid4().hex
         self._pending: dict[str, _Pending] = {}
         self._follows: dict[int, dict[str, trio.CancelScope]] = {}
+        self._wake = trio.Event()
 
     # -- the owner's side ------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class Relay:
         pending = self._pending.get(live.message_id)
         if pending is None:
             pending = self._pending[live.message_id] = _Pending(live, chunk)
+            self._wake.set()
         pending.texts.append(text)
 
     def _queue_pending(self, pipe: CachePipeline, pending: _Pending) -> None:
@@ -176,18 +178,25 @@ class Relay:
             nursery.start_soon(self._watch_cancels)
 
     async def _flush_loop(self) -> None:
+        """Flush as soon as a delta waits, but at most once per ``relay_flush_seconds``:
+        one stream stays close behind its clients (a survivor can replay nearly all a
+        client held), many streams share each pipeline."""
         next_renew = trio.current_time()
         while True:
             await trio.sleep(self.cfg.relay_flush_seconds)
-            renew = trio.current_time() >= next_renew and bool(self.live)
-            if not self._pending and not renew:
+            with trio.move_on_at(next_renew):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            renew = trio.current_time() >= next_renew
+            if renew:
+                next_renew = trio.current_time() + self.cfg.lease_renew
+            if not self._pending and not (renew and self.live):
                 continue
             pending, self._pending = self._pending, {}
             pipe = self.svc.cache.pipeline()
             for p in pending.values():
                 self._queue_pending(pipe, p)
             if renew:
-                next_renew = trio.current_time() + self.cfg.lease_renew
                 for live in self.live.values():
                     pipe.set(lease_key(live.message_id), self.instance, ttl=self.cfg.lease_ttl)
             try:

@@ -1,0 +1,45 @@
+"""What the cluster benchmarks share: a fresh MariaDB database (created, migrated, dropped)
+and a description of the machine they ran on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import secrets
+from collections.abc import Iterator
+
+import pymysql
+
+from store.migrate import upgrade_to_head
+
+__all__ = ["fresh_database", "machine"]
+
+HOST = os.environ.get("PARLEY_BENCH_MYSQL_HOST", "127.0.0.1")
+
+
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new database on the local MariaDB (root, empty password), migrated; dropped after."""
+    name = f"parley_bench_{secrets.token_hex(4)}"
+    admin = pymysql.connect(host=HOST, user="root", password="", autocommit=True)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            )
+        url = f"mysql+pymysql://root@{HOST}:3306/{name}"
+        upgrade_to_head(url)
+        yield url
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
