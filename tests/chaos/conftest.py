@@ -15,7 +15,9 @@ MakeCluster = Callable[..., Cluster]
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own on a free port, killed at the end."""
+    """A redis-server of this test's own on a free port, killed at the end. Name it before
+    ``cluster_factory`` in a test's arguments: fixtures end in reverse order, so the
+    instances then stop (and drain) while their Redis still runs."""
     with RedisServer(tmp_path) as server:
         yield server
 

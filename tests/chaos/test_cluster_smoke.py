@@ -22,7 +22,7 @@ def redis_cli_ping(port: int) -> str:
     return r.stdout.strip()
 
 
-async def test_cluster_smoke(cluster_factory: MakeCluster, redis_server: RedisServer) -> None:
+async def test_cluster_smoke(redis_server: RedisServer, cluster_factory: MakeCluster) -> None:
     c = cluster_factory(2, redis_url=redis_server.url)
     assert len({c[0].port, c[1].port}) == 2
     # one database and one key ring: a user made on 0 works on 1
