@@ -48,6 +48,7 @@ def test_send_streams_then_reload_mid_answer_completes_as_stored(
     # reload while it streams: the page signs back in from this tab's storage and resumes
     page.reload()
     wait_connected(page)
+    page.locator("article.msg-assistant").first.wait_for()  # the history is back
     assert answer_status(page) in ("streaming", "completed")
     wait_status(page, "completed")
     stored = stored_answer(served.history(served.login(email), conv))
