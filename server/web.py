@@ -94,6 +94,8 @@ def register_web(app: Quart, dist: Path | None = None) -> None:
     @app.get("/<clientpath:path>")
     async def web_route(path: str) -> Response:
         last = path.rsplit("/", 1)[-1]
+        if path == "index.html":
+            return await _index()
         if "." in last:
             # a file at the top of the build (favicon, robots.txt); never index.html here
             if "/" in path:

@@ -69,6 +69,8 @@ async def test_top_level_files_and_missing_files(client: Any) -> None:
     r = await client.get("/favicon.svg")
     assert r.status_code == 200 and r.headers["Cache-Control"] == "public, max-age=3600"
     assert (await client.get("/robots.txt")).status_code == 404
+    r = await client.get("/index.html")  # by its name too: never cached for an hour
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-cache"
     assert (await client.get("/deep/file.js")).status_code == 404
 
 
