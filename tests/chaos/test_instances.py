@@ -47,7 +47,7 @@ def check(outcome: Outcome, message: dict[str, Any]) -> None:
 
 
 async def test_instance_killed_mid_answer_resumes_on_the_survivor(
-    cluster_factory: MakeCluster, redis_server: RedisServer
+    redis_server: RedisServer, cluster_factory: MakeCluster
 ) -> None:
     env = {**FAST_RECOVERY, "PARLEY_SIM_TOKENS_PER_SECOND": "60", "PARLEY_SIM_MAX_TOKENS": "60"}
     c = cluster_factory(2, redis_url=redis_server.url, env=env)
@@ -78,7 +78,7 @@ async def test_instance_killed_mid_answer_resumes_on_the_survivor(
 
 
 async def test_rolling_upgrade_loses_nothing(
-    cluster_factory: MakeCluster, redis_server: RedisServer
+    redis_server: RedisServer, cluster_factory: MakeCluster
 ) -> None:
     env = {
         **FAST_RECOVERY,
@@ -112,7 +112,7 @@ async def test_rolling_upgrade_loses_nothing(
 
 
 async def test_redis_killed_mid_stream(
-    cluster_factory: MakeCluster, redis_server: RedisServer
+    redis_server: RedisServer, cluster_factory: MakeCluster
 ) -> None:
     env = {"PARLEY_SIM_TOKENS_PER_SECOND": "40", "PARLEY_SIM_MAX_TOKENS": "80"}
     c = cluster_factory(1, redis_url=redis_server.url, env=env)
@@ -151,7 +151,7 @@ async def test_redis_killed_mid_stream(
     assert after.status == "completed"
 
 
-async def test_disconnect_storm(cluster_factory: MakeCluster, redis_server: RedisServer) -> None:
+async def test_disconnect_storm(redis_server: RedisServer, cluster_factory: MakeCluster) -> None:
     env = {"PARLEY_SIM_TOKENS_PER_SECOND": "50", "PARLEY_SIM_MAX_TOKENS": "60"}
     c = cluster_factory(2, redis_url=redis_server.url, env=env)
     chatters = [Chatter([c.ws_url(0), c.ws_url(1)], *await user(c.url(i % 2))) for i in range(50)]
@@ -175,7 +175,7 @@ async def frames_until(ws: Any, kind: str, timeout: float = 20) -> list[dict[str
     return out
 
 
-async def test_across_instances(cluster_factory: MakeCluster, redis_server: RedisServer) -> None:
+async def test_across_instances(redis_server: RedisServer, cluster_factory: MakeCluster) -> None:
     env = {
         "PARLEY_SIM_TOKENS_PER_SECOND": "20",
         "PARLEY_SIM_MAX_TOKENS": "400",
