@@ -273,32 +273,41 @@ class Relay:
         scope = trio.CancelScope()
         slot[mid] = scope
         started = False
+        snap, sent = Snapshot(), 0
         try:
             with scope:
-                async with self.svc.cache.subscribe(channel(mid)) as sub:
-                    snap = await read_snapshot(self.svc.cache, mid)
-                    nxt = await on_snapshot(snap)
-                    task_status.started()
-                    started = True
-                    if nxt is None:
-                        return
-                    sent = self._emit(listener, row, snap, nxt)
-                    while snap.end is None:
-                        with trio.move_on_after(self.cfg.lease_ttl * 2) as quiet:
-                            _ch, raw = await sub.receive()
-                        if quiet.cancelled_caught:
-                            if await self._finished_without_end(listener, row, snap, sent):
-                                return
-                            continue
-                        if not snap.add(raw):
-                            snap = await read_snapshot(
-                                self.svc.cache, mid
-                            )  # a missed entry: read it all again
-                        sent = self._emit(listener, row, snap, sent)
-        except CacheError:
-            log.warning("follow_lost", messageId=mid)
-            if started:
-                await self._finish_from_database(listener, row, sent_text=None)
+                try:
+                    async with self.svc.cache.subscribe(channel(mid)) as sub:
+                        snap = await read_snapshot(self.svc.cache, mid)
+                        nxt = await on_snapshot(snap)
+                        task_status.started()
+                        started = True
+                        if nxt is None:
+                            return
+                        sent = self._emit(listener, row, snap, nxt)
+                        while snap.end is None:
+                            with trio.move_on_after(self.cfg.lease_ttl * 2) as quiet:
+                                _ch, raw = await sub.receive()
+                            if quiet.cancelled_caught:
+                                if await self._finished_without_end(listener, row, snap, sent):
+                                    return
+                                continue
+                            if not snap.add(raw):  # a missed entry: read it all again
+                                snap = await read_snapshot(self.svc.cache, mid)
+                            sent = self._emit(listener, row, snap, sent)
+                except CacheError:
+                    # The broker is gone: what follows comes from the database, at the end.
+                    log.warning("follow_lost", messageId=mid)
+                    if not started:
+                        snap = Snapshot()
+                        nxt = await on_snapshot(snap)
+                        task_status.started()
+                        started = True
+                        if nxt is None:
+                            return
+                        sent = nxt
+                    held = "".join(snap.deltas[:sent])
+                    await self._finish_from_database(listener, row, sent_text=held)
         finally:
             if not started:
                 task_status.started()
@@ -345,7 +354,7 @@ class Relay:
         fresh = await self.svc.db.read(lambda c: store_messages.get_message(c, row.id))
         if fresh is None or fresh.status == MessageStatus.STREAMING:
             return False
-        await self._finish_from_database(listener, row, sent_text=snap.text[: len(snap.text)])
+        await self._finish_from_database(listener, row, sent_text="".join(snap.deltas[:sent]))
         return True
 
     async def _finish_from_database(
@@ -353,7 +362,9 @@ class Relay:
     ) -> None:
         """The cache failed or lost the end: wait for the stored end and send it."""
         fresh: MessageRecord | None = None
-        with trio.move_on_after(self.cfg.lease_ttl * 3):
+        # A turn lasts at most the upstream's total timeout (180 s) plus its final write;
+        # its owner (or, if that died, a sweeper) stores the end within that.
+        with trio.move_on_after(240):
             while True:
                 fresh = await self.svc.db.read(lambda c: store_messages.get_message(c, row.id))
                 if fresh is None or fresh.status != MessageStatus.STREAMING:

@@ -24,7 +24,7 @@ from server.turns.relay import lease_key, stream_key
 from store import conversations as conv_repo
 from store import messages as store_messages
 from store import users as users_repo
-from store.cache import CacheEngine
+from store.cache import CacheEngine, CacheUnavailable
 from tests.conftest import make_settings
 from tests.support.turns import FakeOutbox, FakeUpstream
 
@@ -227,3 +227,38 @@ async def test_resume_of_a_turn_not_followable_is_refused_like_any_other(
         resume = ChatResume(conversationId=str(uuid.uuid4()), lastMessageSeq=0)
         await b.turns.resume(user_id="nobody", data=resume, listener=listener(FakeOutbox()))
     assert err.value.code is ErrorCode.NOT_FOUND
+
+
+class _NoBroker:
+    """The cache as B sees it while Redis is unreachable from B."""
+
+    def __init__(self, inner: CacheEngine) -> None:
+        self._inner = inner
+
+    def subscribe(self, *_channels: str, **_kw: Any) -> Any:
+        raise CacheUnavailable("redis unavailable (test)")
+
+    async def lrange(self, *_a: Any) -> list[bytes]:
+        raise CacheUnavailable("redis unavailable (test)")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_follower_without_the_broker_finishes_from_the_database(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, b = pair
+    user, conv = await conversation(a.svc)
+    out, _ = await started(a, user, conv, "held ", "by ")
+    b.svc.cache = _NoBroker(a.svc.cache)  # type: ignore[assignment]
+    back = FakeOutbox()
+    resume = ChatResume(conversationId=conv, lastMessageSeq=1, lastChunk=-1)
+    await b.turns.resume(user_id=user, data=resume, listener=listener(back, "r2"))
+    assert back.of("chat.resumed")[0]["live"] is True  # answered at once, even so
+    await a.upstream.token("all")
+    await a.upstream.end()
+    with trio.fail_after(10):
+        await back.wait_for("chat.done")
+    assert back.text() == "held by all" == out.text()
+    assert back.of("chat.done")[0]["status"] == "completed"
