@@ -94,7 +94,10 @@ class Chatter:
     async def _session(self, content: str, message_id: str, drop: int | None) -> int | None:
         url = self._url()
         async with open_websocket_url(
-            url, subprotocols=["chat.v1", f"bearer.{self.token}"], message_queue_size=100_000
+            url,
+            subprotocols=["chat.v1", f"bearer.{self.token}"],
+            message_queue_size=100_000,
+            connect_timeout=5,  # an instance still starting: try the next one
         ) as ws:
             hello = orjson.loads(await ws.get_message())
             assert hello["type"] == "session.ready", hello
