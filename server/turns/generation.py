@@ -30,7 +30,7 @@ from server.llm.base import (
 from server.logging import get_logger
 from server.services import Services
 from server.turns.config import TurnConfig
-from server.turns.live import LiveTurn, Upstream
+from server.turns.live import LiveTurn, Upstream, stored_done
 from server.turns.relay import Relay, end_payload
 from server.turns.starts import idem_key
 from store import messages as store_messages
@@ -244,19 +244,7 @@ class Generation:
         row = await self.svc.db.read(lambda c: store_messages.get_message(c, live.message_id))
         if row is None:
             return
-        live.send(
-            lambda reply: outgoing.chat_done(
-                reply,
-                conversation_id=row.conversation_id,
-                message_id=row.id,
-                seq=row.seq,
-                status=row.status,
-                finish_reason=row.finish_reason,
-                chunks=row.chunk_count,
-                output_tokens=row.completion_tokens or 0,
-                input_tokens=row.prompt_tokens,
-            )
-        )
+        live.send(functools.partial(stored_done, m=row))
 
     def _send_error(self, live: LiveTurn, err: ProtocolError) -> None:
         """One error event: counted once, sent to every listener."""

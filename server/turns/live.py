@@ -22,7 +22,7 @@ from protocol.turn import Turn
 from server.llm.base import ChatMessage
 from store.records import MessageRecord
 
-__all__ = ["Listener", "LiveTurn", "OutboxLike", "Upstream"]
+__all__ = ["Listener", "LiveTurn", "OutboxLike", "Upstream", "stored_chunks", "stored_done"]
 
 
 class OutboxLike(Protocol):
@@ -43,6 +43,26 @@ class Upstream(Protocol):
     def unavailable_for(self) -> float:
         """Seconds the upstream is being skipped (breaker open); 0 when calls go through."""
         ...
+
+
+def stored_chunks(m: MessageRecord) -> int:
+    """How many chunks a stored message counts (one at least when it has text)."""
+    return max(m.chunk_count, 1) if m.content else 0
+
+
+def stored_done(reply: ReplyTo, m: MessageRecord) -> OutboundFrame:
+    """The ``chat.done`` of a stored, finished message."""
+    return outgoing.chat_done(
+        reply,
+        conversation_id=m.conversation_id,
+        message_id=m.id,
+        seq=m.seq,
+        status=m.status,
+        finish_reason=m.finish_reason,
+        chunks=stored_chunks(m),
+        output_tokens=m.completion_tokens or 0,
+        input_tokens=m.prompt_tokens,
+    )
 
 
 @dataclass(eq=False)

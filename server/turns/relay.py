@@ -38,7 +38,7 @@ from protocol.outgoing import StreamDelta
 from server.logging import get_logger
 from server.services import Services
 from server.turns.config import TurnConfig
-from server.turns.live import Listener, LiveTurn, OutboxLike
+from server.turns.live import Listener, LiveTurn, OutboxLike, stored_chunks, stored_done
 from store import messages as store_messages
 from store.cache import CacheEngine, CacheError, CachePipeline
 from store.records import MessageRecord
@@ -375,19 +375,10 @@ class Relay:
         if sent_text is not None and fresh.content.startswith(sent_text):
             rest = fresh.content[len(sent_text) :]
             if rest:
-                delta = StreamDelta(
-                    row.conversation_id, row.id, row.seq, max(fresh.chunk_count, 1) - 1, rest
-                )
+                last = stored_chunks(fresh) - 1
+                delta = StreamDelta(row.conversation_id, row.id, row.seq, last, rest)
                 listener.outbox.push_stream(delta, listener.reply)
-            end = end_payload(
-                status=fresh.status,
-                finish_reason=fresh.finish_reason,
-                chunks=fresh.chunk_count,
-                output_tokens=fresh.completion_tokens or 0,
-                input_tokens=fresh.prompt_tokens,
-                error=None,
-            )
-            self._send_end(listener, row, end)
+            listener.send(stored_done(listener.reply, fresh))
         else:
             listener.send(outgoing.chat_message(listener.reply, fresh))
 

@@ -18,7 +18,7 @@ from protocol.outgoing import StreamDelta
 from protocol.resume import InFlight, Reset, StoredRef, plan_resume
 from server.services import Services
 from server.turns.config import TurnConfig
-from server.turns.live import Listener, LiveTurn
+from server.turns.live import Listener, LiveTurn, stored_chunks, stored_done
 from server.turns.relay import Relay, Snapshot
 from store import messages as store_messages
 from store.records import MessageRecord
@@ -98,24 +98,11 @@ class Replay:
 
     def replay_stored(self, m: MessageRecord, listener: Listener) -> None:
         """A finished answer, again: its whole text as one merged delta, then chat.done."""
-        chunks = max(m.chunk_count, 1) if m.content else 0
         if m.content:
-            listener.outbox.push_stream(
-                StreamDelta(m.conversation_id, m.id, m.seq, chunks - 1, m.content), listener.reply
-            )
-        listener.send(
-            outgoing.chat_done(
-                listener.reply,
-                conversation_id=m.conversation_id,
-                message_id=m.id,
-                seq=m.seq,
-                status=m.status,
-                finish_reason=m.finish_reason,
-                chunks=chunks,
-                output_tokens=m.completion_tokens or 0,
-                input_tokens=m.prompt_tokens,
-            )
-        )
+            last = stored_chunks(m) - 1
+            delta = StreamDelta(m.conversation_id, m.id, m.seq, last, m.content)
+            listener.outbox.push_stream(delta, listener.reply)
+        listener.send(stored_done(listener.reply, m))
 
     # -- chat.resume ---------------------------------------------------------------
 
