@@ -27,6 +27,9 @@ class Services:
     draining: trio.Event = field(default_factory=trio.Event)
     # session id -> monotonic expiry: revocations not yet written to the cache
     pending_denies: dict[str, float] = field(default_factory=dict)
+    # session id -> monotonic expiry: the database said this session is live (a short
+    # positive cache: server/auth/identity.is_session_denied)
+    live_sessions: dict[str, float] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         await self.cache.aclose()

@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     llm_system_prompt: str = ""
     sim_tokens_per_second: float = Field(30.0, gt=0, le=100_000)
     sim_max_tokens: int = Field(200, ge=1, le=100_000)
-    # "[[sim:...]]" prefixes in a message inject faults (tests, demos); never in production
-    sim_fault_injection: bool = True
+    # "[[sim:...]]" prefixes in a message inject faults (tests, demos); off unless set, and
+    # never in production: any user could otherwise trip the shared circuit breaker
+    sim_fault_injection: bool = False
 
     # Upstream resilience (contract section 4).
     upstream_first_token_timeout: float = Field(20.0, gt=0)
@@ -70,6 +71,9 @@ class Settings(BaseSettings):
     refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=60)
     guest_refresh_token_ttl_seconds: int = Field(7 * 86_400, ge=60)
     guest_inactivity_days: int = Field(7, ge=1)
+    # A session the deny-list has no entry for is checked in the database, then taken as
+    # live for this long on this instance (server/auth/identity.is_session_denied)
+    session_check_cache_seconds: float = Field(5.0, ge=0, le=60)
 
     drain_seconds: float = Field(20.0, ge=0, le=25)
     drain_reconnect_ms: int = Field(1000, ge=0, le=60_000)
@@ -112,6 +116,23 @@ class Settings(BaseSettings):
     signups_per_ip_per_hour: int = 30
     ws_upgrades_per_ip_per_hour: int = 600
     chat_sends_per_user_per_minute: int = 20
+    # Issue 12 (docs/SPEC.md 2.3): guest upgrades (also in the per-IP sign-up budget),
+    # successful logins per account, live sessions per user (past it the oldest is revoked)
+    upgrades_per_user_per_hour: int = Field(5, ge=1)
+    logins_per_account_per_hour: int = Field(30, ge=1)
+    max_sessions_per_user: int = Field(20, ge=1)
+    # Per WebSocket connection: chat.resume and ping frames per minute (RATE_LIMITED past
+    # them). "Sustained abuse": this many RATE_LIMITED answers on one connection within
+    # ws_abuse_window_seconds, then close 4029.
+    ws_resumes_per_minute: int = Field(30, ge=1)
+    ws_pings_per_minute: int = Field(60, ge=1)
+    ws_abuse_rate_limited: int = Field(10, ge=1)
+    ws_abuse_window_seconds: float = Field(60.0, gt=0)
+    # Guests get less than registered users.
+    guest_chat_sends_per_minute: int = Field(5, ge=1)
+    guest_max_turns: int = Field(1, ge=1)
+    guest_max_conversations: int = Field(20, ge=1)
+    max_conversations_per_user: int = Field(1000, ge=1)
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -17,15 +17,17 @@ from sqlalchemy.engine import Connection
 
 from store.db import utcnow
 from store.records import SessionRecord
-from store.schema import refresh_history, sessions
+from store.schema import refresh_history, sessions, users
 
 __all__ = [
     "RefreshOutcome",
     "RefreshResult",
     "create_session",
     "get_session",
+    "is_session_live",
     "list_active_sessions",
     "revoke_all_sessions",
+    "revoke_oldest_sessions",
     "revoke_session",
     "rotate_refresh",
     "swap_refresh",
@@ -64,6 +66,43 @@ def create_session(
 def get_session(conn: Connection, session_id: str) -> SessionRecord | None:
     row = conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
     return SessionRecord.from_row(row) if row else None
+
+
+def is_session_live(conn: Connection, session_id: str) -> bool:
+    """The database's word on an access token's session: not revoked, not expired, and its
+    user not deleted (what decides when the cache has no deny-list entry)."""
+    row = conn.execute(
+        sa.select(sessions.c.id)
+        .join(users, users.c.id == sessions.c.user_id)
+        .where(
+            sessions.c.id == session_id,
+            sessions.c.revoked_at.is_(None),
+            sessions.c.expires_at > utcnow(),
+            users.c.deleted_at.is_(None),
+        )
+    ).first()
+    return row is not None
+
+
+def revoke_oldest_sessions(conn: Connection, user_id: str, *, keep: int, reason: str) -> list[str]:
+    """Past ``keep`` live sessions, revoke the oldest (by creation); returns their ids."""
+    live = conn.execute(
+        sa.select(sessions.c.id)
+        .where(
+            sessions.c.user_id == user_id,
+            sessions.c.revoked_at.is_(None),
+            sessions.c.expires_at > utcnow(),
+        )
+        .order_by(sessions.c.created_at.desc(), sessions.c.id.desc())
+    ).all()
+    ids = [r[0] for r in live[keep:]]
+    if ids:
+        conn.execute(
+            sessions.update()
+            .where(sessions.c.id.in_(ids), sessions.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+    return ids
 
 
 def list_active_sessions(conn: Connection, user_id: str) -> list[SessionRecord]:

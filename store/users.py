@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 import uuid
 
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ from store.schema import users
 
 __all__ = [
     "EmailTaken",
+    "canonical_email",
     "create_user",
     "get_user",
     "get_user_by_email",
@@ -26,6 +28,24 @@ __all__ = [
 
 class EmailTaken(Exception):
     """The email already belongs to another user."""
+
+
+def canonical_email(email: str) -> str:
+    """The one form of an email for storage, lookup and limit keys: NFKC, case-folded,
+    trimmed. Lookups compare it byte for byte (:func:`_email_is`), never through the
+    column's accent- and case-insensitive MariaDB collation."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", email).casefold()).strip()
+
+
+def _email_is(conn: Connection, email: str) -> sa.ColumnElement[bool]:
+    """``email = x`` exactly. On MySQL/MariaDB the column's collation (utf8mb4_unicode_ci)
+    would also match accent and case variants (``cárol`` = ``carol``): the indexed,
+    insensitive comparison finds the candidates and a binary one keeps the exact row.
+    Uniqueness stays the column's (stricter: a variant of a taken email is taken too)."""
+    email = canonical_email(email)
+    if conn.dialect.name in ("mysql", "mariadb"):
+        return sa.and_(users.c.email == email, users.c.email.collate("utf8mb4_bin") == email)
+    return users.c.email == email
 
 
 def create_user(
@@ -45,7 +65,7 @@ def create_user(
                 id=uid,
                 kind=kind,
                 role=role,
-                email=email,
+                email=None if email is None else canonical_email(email),
                 password_hash=password_hash,
                 display_name=display_name,
                 created_at=now,
@@ -69,7 +89,7 @@ def get_user(conn: Connection, user_id: str, *, include_deleted: bool = False) -
 
 def get_user_by_email(conn: Connection, email: str) -> UserRecord | None:
     row = conn.execute(
-        sa.select(users).where(users.c.email == email, users.c.deleted_at.is_(None))
+        sa.select(users).where(_email_is(conn, email), users.c.deleted_at.is_(None))
     ).first()
     return UserRecord.from_row(row) if row else None
 
@@ -88,7 +108,7 @@ def upgrade_guest(
             )
             .values(
                 kind=UserKind.REGISTERED.value,
-                email=email,
+                email=canonical_email(email),
                 password_hash=password_hash,
                 display_name=display_name,
                 last_active_at=utcnow(),
@@ -107,7 +127,7 @@ def touch_user(conn: Connection, user_id: str, *, now: dt.datetime | None = None
 
 def set_role(conn: Connection, email: str, role: str) -> bool:
     res = conn.execute(
-        users.update().where(users.c.email == email, users.c.deleted_at.is_(None)).values(role=role)
+        users.update().where(_email_is(conn, email), users.c.deleted_at.is_(None)).values(role=role)
     )
     return res.rowcount == 1
 

@@ -19,6 +19,7 @@ from server.api.schemas import (
     user_json,
 )
 from server.auth.identity import revoke_sessions
+from server.auth.password_policy import password_problem
 from server.auth.tokens import hash_refresh_token, new_refresh_token
 from server.errors import ApiError
 from server.services import Services
@@ -72,8 +73,17 @@ async def _rate_limit(svc: Services, key: str, limit: int, window: int, what: st
         )
 
 
+def _check_password(password: str, email: str | None) -> None:
+    problem = password_problem(password, email)
+    if problem is not None:
+        raise ApiError("VALIDATION_FAILED", problem)
+
+
 async def _new_session(svc: Services, conn_user: UserRecord) -> tuple[str, str]:
+    """A new session; past ``max_sessions_per_user`` live ones, the oldest are revoked."""
     refresh = new_refresh_token()
+    cap = svc.settings.max_sessions_per_user
+    evicted: list[str] = []
     ua = request.headers.get("User-Agent")
     ip = client_ip()
 
@@ -95,9 +105,15 @@ async def _new_session(svc: Services, conn_user: UserRecord) -> tuple[str, str]:
             trace_id=_trace(),
             details={"sessionId": sess.id, "kind": conn_user.kind},
         )
+        evicted[:] = sessions_repo.revoke_oldest_sessions(
+            conn, conn_user.id, keep=cap, reason="session_cap"
+        )
         return sess.id
 
-    return await svc.db.tx(work), refresh
+    sid = await svc.db.tx(work)
+    if evicted:
+        await revoke_sessions(svc, evicted)
+    return sid, refresh
 
 
 @bp.post("/auth/register")
@@ -111,6 +127,7 @@ async def register() -> tuple[dict[str, Any], int]:
         3600,
         "sign-ups from this address",
     )
+    _check_password(body.password, body.email)
     pw_hash = await svc.passwords.hash(body.password)
     ip = client_ip()
 
@@ -213,6 +230,11 @@ async def login() -> dict[str, Any]:
     with contextlib.suppress(CacheError):
         await svc.cache.delete(acct_key)
         await svc.cache.incr(ip_key, -1)
+    # Successful logins are limited too (each one is a session): only someone who knows
+    # the password gets here, so this says nothing about the account to anyone else.
+    await _rate_limit(
+        svc, f"rl:login:{user.id}", s.logins_per_account_per_hour, 3600, "logins to this account"
+    )
     sid, refresh = await _new_session(svc, user)
     return _token_answer(svc, user, sid, refresh)
 
@@ -222,8 +244,28 @@ async def upgrade() -> dict[str, Any]:
     svc = services()
     principal = await require_principal()
     body = await parse_body(Registration)
-    if principal.kind != UserKind.GUEST:
+    # Cheap checks first, argon2 last: the caller is still a guest (the database's word,
+    # not the token's), then the per-IP sign-up budget and the per-user upgrade budget.
+    current = await svc.db.read(lambda c: users_repo.get_user(c, principal.user_id))
+    if current is None:
+        raise ApiError("AUTH_INVALID", "account no longer exists")
+    if current.kind != UserKind.GUEST:
         raise ApiError("CONFLICT", "only a guest account can be upgraded")
+    await _rate_limit(
+        svc,
+        f"rl:signup:{client_ip()}",
+        svc.settings.signups_per_ip_per_hour,
+        3600,
+        "sign-ups from this address",
+    )
+    await _rate_limit(
+        svc,
+        f"rl:upgrade:{principal.user_id}",
+        svc.settings.upgrades_per_user_per_hour,
+        3600,
+        "upgrade attempts",
+    )
+    _check_password(body.password, body.email)
     pw_hash = await svc.passwords.hash(body.password)
     refresh = new_refresh_token()
     ip = client_ip()

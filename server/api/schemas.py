@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, StringConstraints, field_v
 
 from protocol.frames import format_timestamp
 from store.records import ConversationRecord, SessionRecord, UserRecord
+from store.users import canonical_email
 
 __all__ = [
     "Credentials",
@@ -38,7 +39,7 @@ class _EmailLower(Strict):
     @field_validator("email", mode="after", check_fields=False)
     @classmethod
     def _lower(cls, v: str) -> str:
-        return v.lower()
+        return canonical_email(v)
 
 
 class Registration(_EmailLower):

@@ -9,11 +9,15 @@
 
 While the cache is down, revocations made here are kept in-process
 (``Services.pending_denies``) until :func:`flush_pending_denies` hands them to the
-cache, and :func:`is_session_denied` asks the database.
+cache, and :func:`is_session_denied` asks the database. The deny-list is a fast path,
+never the only record: a session the cache has no entry for (a restart of the embedded
+cache, a flushed Redis) is decided by the database (``sessions.revoked_at``,
+``users.deleted_at``), remembered as live for ``session_check_cache_seconds``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +29,7 @@ from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
 from server.logging import get_logger
 from server.services import Services
 from store.cache import CacheEngine, CacheError
-from store.db import utcnow
-from store.sessions import get_session
+from store.sessions import is_session_live
 from store.users import touch_user
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
 
 REVOKE_CHANNEL = "parley:revoked"
 ACTIVITY_EVERY = 3600.0
+LIVE_CACHE_MAX = 100_000  # sessions remembered as live per process (then forgotten at once)
 
 log = get_logger("parley.identity")
 
@@ -62,19 +66,35 @@ def deny_key(session_id: str) -> str:
 
 
 async def is_session_denied(svc: Services, session_id: str) -> bool:
-    """Deny-list in the cache; if the cache is down, ask the database (slower, still right).
+    """Deny-list in the cache first; without an entry there, the database decides.
 
     Revocations made here while the cache was down are also kept in-process until they
-    reach the cache (``Services.pending_denies``), so a cache that comes back empty does
-    not revive a revoked session on this instance.
+    reach the cache (``Services.pending_denies``). A session the database calls live is
+    remembered for ``session_check_cache_seconds`` (``Services.live_sessions``); one it
+    calls revoked goes back on the deny-list, so a cache that lost its entries (restart,
+    flush) neither revives a revoked session nor sends every call to the database.
     """
     if session_id in svc.pending_denies:
         return True
     try:
-        return await svc.cache.get(deny_key(session_id)) is not None
+        if await svc.cache.get(deny_key(session_id)) is not None:
+            return True
     except CacheError:
-        sess = await svc.db.read(lambda c: get_session(c, session_id))
-        return sess is None or sess.revoked_at is not None or sess.expires_at <= utcnow()
+        return not await svc.db.read(lambda c: is_session_live(c, session_id))
+    now = time.monotonic()
+    until = svc.live_sessions.get(session_id)
+    if until is not None and until > now:
+        return False
+    if await svc.db.read(lambda c: is_session_live(c, session_id)):
+        if len(svc.live_sessions) >= LIVE_CACHE_MAX:
+            svc.live_sessions.clear()
+        svc.live_sessions[session_id] = now + svc.settings.session_check_cache_seconds
+        return False
+    svc.live_sessions.pop(session_id, None)
+    with contextlib.suppress(CacheError):
+        ttl = svc.settings.access_token_ttl_seconds + 5
+        await svc.cache.set(deny_key(session_id), b"1", ttl=ttl)
+    return True
 
 
 async def authenticate(svc: Services, token: str) -> Principal:
@@ -107,6 +127,8 @@ async def note_activity(svc: Services, user_id: str) -> None:
 async def revoke_sessions(svc: Services, session_ids: list[str]) -> None:
     """Deny-list revoked sessions (every instance sees it) and tell live sockets to close."""
     ttl = svc.settings.access_token_ttl_seconds + 5
+    for sid in session_ids:
+        svc.live_sessions.pop(sid, None)
     try:
         pipe = svc.cache.pipeline()
         for sid in session_ids:

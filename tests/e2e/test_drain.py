@@ -25,7 +25,12 @@ async def test_drain_sequence(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, fast_passwords: PasswordService
 ) -> None:
     settings = make_settings(
-        backend, request, tmp_path, drain_seconds=0.5, ws_upgrades_per_ip_per_hour=10**6
+        backend,
+        request,
+        tmp_path,
+        drain_seconds=0.5,
+        ws_upgrades_per_ip_per_hour=10**6,
+        sim_fault_injection=True,
     )
     server = LiveServer(settings, fast_passwords).start()
     try:

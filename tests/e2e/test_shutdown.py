@@ -24,7 +24,9 @@ async def test_shutdown_interrupts_and_stores_turns(
     tmp_path: Path,
     fast_passwords: PasswordService,
 ) -> None:
-    settings = make_settings(backend, request, tmp_path, ws_upgrades_per_ip_per_hour=10**6)
+    settings = make_settings(
+        backend, request, tmp_path, ws_upgrades_per_ip_per_hour=10**6, sim_fault_injection=True
+    )
     server = LiveServer(settings, fast_passwords).start()
     try:
         rest = Rest(server.http_url)

@@ -17,7 +17,7 @@ from tests.support.wsclient import Rest, connect
 
 # Small bounds so a few hundred frames overflow them; a 1 s stall is enough.
 LIVE_WS_CONFIG = WsConfig(stall_timeout=1.0, outbox_max_bytes=4096, outbox_max_frames=64)
-LIVE_SETTINGS = {"ws_coalesce_ms": 0.0}
+LIVE_SETTINGS = {"ws_coalesce_ms": 0.0, "sim_fault_injection": True}
 
 
 async def test_stalled_reader_is_closed_4008_and_loses_nothing(live: LiveServer) -> None:

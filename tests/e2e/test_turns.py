@@ -10,6 +10,7 @@ import trio
 from tests.support.live import LiveServer
 from tests.support.wsclient import Rest, connect
 
+LIVE_SETTINGS = {"sim_fault_injection": True}  # the [[sim:...]] prefixes below
 SLOW = "[[sim:tokens=60,tps=40]] "  # 1.5 s of streaming
 
 

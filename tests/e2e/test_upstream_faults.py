@@ -11,6 +11,7 @@ from tests.support.live import LiveServer
 from tests.support.wsclient import Rest, connect
 
 LIVE_SETTINGS = {
+    "sim_fault_injection": True,
     "upstream_first_token_timeout": 0.4,
     "upstream_gap_timeout": 0.4,
     "upstream_total_timeout": 20.0,

@@ -55,7 +55,7 @@ async def test_register_answer_shape(api: ApiClient) -> None:
     r = await api.call(
         "POST",
         f"{V1}/auth/register",
-        json={"email": "shape@example.org", "password": "12345678", "displayName": "Shape"},
+        json={"email": "shape@example.org", "password": "shape 12345", "displayName": "Shape"},
     )
     assert r.status == 201
     assert set(r.body) == {"user", "accessToken", "refreshToken", "accessTokenExpiresIn"}
@@ -268,7 +268,7 @@ async def test_upgrade_email_taken(api: ApiClient) -> None:
         "POST",
         f"{V1}/auth/upgrade",
         token=g.access,
-        json={"email": "taken@example.net", "password": "12345678"},
+        json={"email": "taken@example.net", "password": "taken 12345"},
     )
     assert r.status == 409 and r.code == "EMAIL_TAKEN"
     r = await api.call("GET", f"{V1}/me", token=g.access)
