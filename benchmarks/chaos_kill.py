@@ -60,7 +60,7 @@ async def one_run(c: Cluster, token: str, run: int, timeout: float) -> dict[str,
             nursery.start_soon(kill)
             outcome = await chatter.ask(f"run {run}", timeout=timeout)
     except AssertionError as exc:
-        result.update(stuck=True, detail=str(exc)[:300])
+        result.update(stuck=True, detail=str(exc)[:300], timeline=_timeline(chatter, started))
         return result
     history = await Rest(c.url(survivor)).history(token, conv)
     [stored] = [m for m in history if m["seq"] == chatter.assistant_seq]
@@ -73,7 +73,14 @@ async def one_run(c: Cluster, token: str, run: int, timeout: float) -> dict[str,
         recovered_s=round(time.monotonic() - killed_at[0], 3) if killed_at else None,
         run_s=round(time.monotonic() - started, 3),
     )
+    if result["recovered_s"] and result["recovered_s"] > 10:  # an outlier: say what happened
+        result["timeline"] = _timeline(chatter, started)
+        result["killed_at_s"] = round(killed_at[0] - started, 3)
     return result
+
+
+def _timeline(chatter: Chatter, started: float) -> list[str]:
+    return [f"{t - started:.3f} {what}" for t, what in chatter.timeline]
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

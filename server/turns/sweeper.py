@@ -58,6 +58,8 @@ class Sweeper:
         orphans = {r.id for r, lease in zip(rows, leases, strict=True) if lease is None}
         confirmed = orphans & self._suspects
         self._suspects = orphans - confirmed
+        for mid in self._suspects:
+            log.info("orphan_turn_suspected", messageId=mid)
         done = 0
         for row in rows:
             if row.id in confirmed and await self._finish_orphan(row):

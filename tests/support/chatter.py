@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ class Chatter:
         self.out = Outcome()
         self._next = random.randrange(len(urls))
         self.last_url = urls[0]
+        self.timeline: list[tuple[float, str]] = []  # (monotonic time, what happened)
 
     def _url(self) -> str:
         url = self.urls[self._next % len(self.urls)]
@@ -93,6 +95,7 @@ class Chatter:
 
     async def _session(self, content: str, message_id: str, drop: int | None) -> int | None:
         url = self._url()
+        self.timeline.append((time.monotonic(), f"connect {url}"))
         async with open_websocket_url(
             url,
             subprotocols=["chat.v1", f"bearer.{self.token}"],
@@ -102,6 +105,7 @@ class Chatter:
             hello = orjson.loads(await ws.get_message())
             assert hello["type"] == "session.ready", hello
             self.last_url = url.replace("ws://", "http://").removesuffix("/ws")
+            self.timeline.append((time.monotonic(), "ready"))
             if self.assistant_seq is None:
                 # No ack yet: (re)send with the same messageId (idempotent).
                 data = {"conversationId": self.conv, "messageId": message_id, "content": content}
@@ -115,6 +119,8 @@ class Chatter:
                 await ws.send_message(orjson.dumps({"type": "chat.resume", "data": data}).decode())
             while self.out.dones == 0:
                 frame = orjson.loads(await ws.get_message())
+                if frame["type"] != "chat.stream":
+                    self.timeline.append((time.monotonic(), frame["type"]))
                 reconnect_in = self._apply(frame)
                 if reconnect_in is not None:
                     await trio.sleep(reconnect_in)
