@@ -47,6 +47,8 @@ async def one_run(c: Cluster, token: str, run: int, timeout: float) -> dict[str,
     killed_at: list[float] = []
     result: dict[str, Any] = {"run": run}
 
+    restarted_at: list[float] = []
+
     async def kill() -> None:
         with trio.fail_after(20):
             while chatter.last_chunk < 5:  # noqa: ASYNC110
@@ -54,11 +56,13 @@ async def one_run(c: Cluster, token: str, run: int, timeout: float) -> dict[str,
         c.kill9(victim)
         killed_at.append(time.monotonic())
         await c.astart(victim)
+        restarted_at.append(time.monotonic())
 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(kill)
             outcome = await chatter.ask(f"run {run}", timeout=timeout)
+            answered_at = time.monotonic()
     except AssertionError as exc:
         result.update(stuck=True, detail=str(exc)[:300], timeline=_timeline(chatter, started))
         return result
@@ -70,7 +74,9 @@ async def one_run(c: Cluster, token: str, run: int, timeout: float) -> dict[str,
         duplicated=outcome.duplicates > 0 or outcome.done_frames > 1 or outcome.dones > 1,
         status=stored["status"],
         reset=outcome.resets > 0,
-        recovered_s=round(time.monotonic() - killed_at[0], 3) if killed_at else None,
+        # from the kill to the end of the answer on the survivor (not the victim's restart)
+        recovered_s=round(answered_at - killed_at[0], 3) if killed_at else None,
+        restart_s=round(restarted_at[0] - killed_at[0], 3) if restarted_at else None,
         run_s=round(time.monotonic() - started, 3),
     )
     if result["recovered_s"] and result["recovered_s"] > 10:  # an outlier: say what happened
