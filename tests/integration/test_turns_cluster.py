@@ -262,3 +262,38 @@ async def test_a_follower_without_the_broker_finishes_from_the_database(
         await back.wait_for("chat.done")
     assert back.text() == "held by all" == out.text()
     assert back.of("chat.done")[0]["status"] == "completed"
+
+
+async def test_without_redis_the_process_sweeps_leftovers_at_start(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The embedded default: one process owns every turn, so a turn left streaming by a
+    process that died ends interrupted when the next one starts (text kept)."""
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.conftest import TEST_JWT_KEYS
+
+    settings = Settings(
+        env="test", database_url=sqlite_url, jwt_keys=TEST_JWT_KEYS, data_dir=tmp_path
+    )  # type: ignore[call-arg]
+    svc = build_services(settings)
+    user, conv = await conversation(svc)
+
+    def leftover(c: Any) -> str:
+        res = store_messages.begin_turn(
+            c, user_id=user, conversation_id=conv, client_message_id=str(uuid.uuid4()), content="hi"
+        )
+        assert res.assistant_message is not None
+        store_messages.checkpoint_many(c, [(res.assistant_message.id, "half an answ", 3)])
+        return res.assistant_message.id
+
+    mid = await svc.db.tx(leftover)
+    assert (await row(svc, mid)).status == "streaming"
+    app = create_app(svc)
+    async with app.test_app():
+        swept = await row(svc, mid)
+        assert (swept.status, swept.content, swept.finish_reason) == (
+            "interrupted",
+            "half an answ",
+            "interrupted",
+        )
