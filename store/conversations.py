@@ -15,6 +15,7 @@ from store.schema import conversations, messages
 
 __all__ = [
     "BadCursor",
+    "count_conversations",
     "create_conversation",
     "decode_cursor",
     "encode_cursor",
@@ -44,6 +45,14 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         return dt.datetime.fromisoformat(at), row_id
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadCursor(cursor) from exc
+
+
+def count_conversations(conn: Connection, user_id: str) -> int:
+    """The user's conversations not deleted (the per-user cap counts these)."""
+    q = sa.select(sa.func.count()).where(
+        conversations.c.user_id == user_id, conversations.c.deleted_at.is_(None)
+    )
+    return int(conn.execute(q).scalar_one())
 
 
 def create_conversation(conn: Connection, *, user_id: str, title: str) -> ConversationRecord:

@@ -65,11 +65,22 @@ def create_blueprint(turns: ConversationTurns) -> Blueprint:
     async def create() -> tuple[dict[str, Any], int]:
         principal = await require_principal()
         body = await parse_body(NewConversation, optional=True)
-        conv = await services().db.tx(
-            lambda c: repo.create_conversation(
+        s = services().settings
+        cap = (
+            s.guest_max_conversations if principal.kind == "guest" else s.max_conversations_per_user
+        )
+
+        def work(c: Any) -> ConversationRecord | None:
+            # a soft cap: two creates at once may both pass the count (by one, not more)
+            if repo.count_conversations(c, principal.user_id) >= cap:
+                return None
+            return repo.create_conversation(
                 c, user_id=principal.user_id, title=body.title or "New conversation"
             )
-        )
+
+        conv = await services().db.tx(work)
+        if conv is None:
+            raise ApiError("CONFLICT", f"at most {cap} conversations; delete some first")
         return conversation_json(conv), 201
 
     @bp.get("/conversations")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from protocol import outgoing
-from protocol.close_codes import close_reason
+from protocol.close_codes import CloseCode, close_reason
 from protocol.codec import ClientFrame
 from protocol.errors import AUTH_CLOSE_CODES, ErrorCode, ProtocolError
 from protocol.frames import AuthRefresh, ChatCancel, ChatResume, ChatSend, ClientType, Ping
@@ -21,6 +21,7 @@ from protocol.outgoing import ReplyTo
 from server.auth.identity import authenticate, is_session_denied
 from server.services import Services
 from server.turns import Listener, TurnManager
+from server.ws.abuse import FrameBudget
 from server.ws.state import Connection, WsConfig
 from store.cache import CacheError
 from store.db import utcnow
@@ -45,14 +46,30 @@ class Dispatcher:
                 "maxFrameBytes": self.cfg.max_frame_bytes,
                 "maxContentChars": self.cfg.max_content_chars,
                 "maxConcurrentTurns": self.turns.cfg.max_turns_per_user,
-                "chatSendPerMinute": self.svc.settings.chat_sends_per_user_per_minute,
+                "chatSendPerMinute": self._sends_per_minute(conn),
             },
         )
 
     def reply_error(self, conn: Connection, err: ProtocolError, reply: ReplyTo) -> None:
-        """The one way the connection answers an error: counted, then sent."""
+        """The one way the connection answers an error: counted, then sent. Sustained
+        RATE_LIMITED answers (server/ws/abuse.py) then close the connection with 4029."""
         self.svc.metrics.count_error(err.error_class.value, err.code.value)
         conn.outbox.push_frame(outgoing.error(err, reply))
+        if err.code is ErrorCode.RATE_LIMITED and self.budget(conn).sustained():
+            self.svc.metrics.ws_dropped.labels("rate_limited").inc()
+            conn.close(int(CloseCode.RATE_LIMITED), close_reason(CloseCode.RATE_LIMITED))
+
+    def _sends_per_minute(self, conn: Connection) -> int:
+        """Guests get fewer than registered users (issue 12)."""
+        s = self.svc.settings
+        if conn.claims.kind == "guest":
+            return s.guest_chat_sends_per_minute
+        return s.chat_sends_per_user_per_minute
+
+    def budget(self, conn: Connection) -> FrameBudget:
+        if conn.budget is None:
+            conn.budget = self.cfg.frame_budget()
+        return conn.budget
 
     async def dispatch(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
         handler = self._handlers[frame.type]
@@ -62,6 +79,8 @@ class Dispatcher:
 
     async def _ping(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
         assert isinstance(frame.data, Ping)
+        budget = self.budget(conn)
+        budget.take(budget.pings, "ping")
         conn.outbox.push_frame(outgoing.pong(reply))
 
     async def _auth_refresh(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
@@ -85,7 +104,7 @@ class Dispatcher:
             )
         try:
             allowed, retry_after = await self.svc.cache.hit_rate(
-                f"rl:send:{conn.user_id}", self.svc.settings.chat_sends_per_user_per_minute, 60
+                f"rl:send:{conn.user_id}", self._sends_per_minute(conn), 60
             )
         except CacheError:
             allowed, retry_after = True, 0.0
@@ -116,6 +135,8 @@ class Dispatcher:
         assert isinstance(data, ChatResume)
         if not await self._session_ok(conn, reply):
             return
+        budget = self.budget(conn)
+        budget.take(budget.resumes, "chat.resume")
         await self.turns.resume(
             user_id=conn.user_id, data=data, listener=Listener(conn.outbox, reply)
         )

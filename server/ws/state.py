@@ -10,6 +10,7 @@ import trio
 from protocol.codec import MAX_CONTENT_CHARS, MAX_FRAME_BYTES
 from server.auth.tokens import AccessClaims
 from server.settings import Settings
+from server.ws.abuse import FrameBudget
 from server.ws.heartbeat import HeartbeatState
 from server.ws.outbox import Outbox
 
@@ -34,6 +35,19 @@ class WsConfig:
     # long for the next ones of its message, so one frame carries several: frames, not
     # tokens, are what costs CPU. 0 turns it off. A process with CPU to spare never waits.
     coalesce_seconds: float = 0.04
+    # Per-connection frame budgets and sustained abuse (server/ws/abuse.py)
+    resumes_per_minute: int = 30
+    pings_per_minute: int = 60
+    abuse_rate_limited: int = 10
+    abuse_window: float = 60.0
+
+    def frame_budget(self) -> FrameBudget:
+        return FrameBudget.per_minute(
+            resumes=self.resumes_per_minute,
+            pings=self.pings_per_minute,
+            abuse_limit=self.abuse_rate_limited,
+            abuse_window=self.abuse_window,
+        )
 
     @classmethod
     def from_settings(cls, s: Settings) -> WsConfig:
@@ -51,6 +65,10 @@ class WsConfig:
             max_content_chars=s.max_content_chars,
             drain_reconnect_ms=s.drain_reconnect_ms,
             coalesce_seconds=s.ws_coalesce_ms / 1000,
+            resumes_per_minute=s.ws_resumes_per_minute,
+            pings_per_minute=s.ws_pings_per_minute,
+            abuse_rate_limited=s.ws_abuse_rate_limited,
+            abuse_window=s.ws_abuse_window_seconds,
         )
 
 
@@ -66,6 +84,7 @@ class Connection:
     close_reason: str = ""
     closing: trio.Event = field(default_factory=trio.Event)
     invalid_at: deque[float] = field(default_factory=deque)
+    budget: FrameBudget | None = None  # set by the dispatcher on first use
 
     def close(self, code: int, reason: str) -> None:
         """Ask the writer to close after what is already queued (first request wins)."""

@@ -1,0 +1,89 @@
+"""Abuse limits over real sockets: per-connection budgets for ping and chat.resume, the
+4029 close for sustained abuse, stricter guest defaults (both backends)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from server.ws.connection import WsConfig
+from tests.support.live import LiveServer
+from tests.support.wsclient import Rest, WsClient, connect
+
+LIVE_WS_CONFIG = WsConfig(pings_per_minute=5, resumes_per_minute=3, abuse_rate_limited=4)
+LIVE_SETTINGS = {"guest_chat_sends_per_minute": 2, "guest_max_conversations": 3}
+
+
+async def registered(live: LiveServer) -> tuple[Rest, str]:
+    rest = Rest(live.http_url)
+    return rest, (await rest.register())["accessToken"]
+
+
+async def replies(ws: WsClient, n: int) -> list[dict]:
+    return [await ws.recv() for _ in range(n)]
+
+
+async def test_pings_have_a_budget_per_connection(live: LiveServer) -> None:
+    _, token = await registered(live)
+    async with connect(live.ws_url, token) as ws:
+        for _ in range(6):
+            await ws.send("ping")
+        got = await replies(ws, 6)
+        assert [f["type"] for f in got] == ["pong"] * 5 + ["error"]
+        err = got[-1]["data"]
+        assert err["code"] == "RATE_LIMITED" and 0 < err["retryAfterMs"] <= 60_000
+    async with connect(live.ws_url, token) as ws:  # the budget is the connection's
+        await ws.send("ping")
+        assert (await ws.recv())["type"] == "pong"
+
+
+async def test_resumes_have_a_budget_per_connection(live: LiveServer) -> None:
+    rest, token = await registered(live)
+    conv = await rest.conversation(token)
+    async with connect(live.ws_url, token) as ws:
+        for _ in range(4):
+            await ws.send("chat.resume", {"conversationId": conv, "lastMessageSeq": 0})
+        got = await replies(ws, 4)
+        assert [f["type"] for f in got] == ["chat.resumed"] * 3 + ["error"]
+        assert got[-1]["data"]["code"] == "RATE_LIMITED"
+
+
+async def test_sustained_abuse_closes_4029(live: LiveServer) -> None:
+    _, token = await registered(live)
+    async with connect(live.ws_url, token) as ws:
+        for _ in range(5 + 4):  # the budget, then 4 refusals: sustained on the next
+            await ws.send("ping")
+        await replies(ws, 9)
+        await ws.send("ping")
+        last = await ws.recv()
+        assert last["data"]["code"] == "RATE_LIMITED"  # the error first, then the close
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv(timeout=5)
+        assert closed.value.reason.code == 4029
+        assert closed.value.reason.reason == "RATE_LIMITED"
+
+
+async def test_guests_get_fewer_sends_and_conversations(live: LiveServer) -> None:
+    rest = Rest(live.http_url)
+    r = await rest.call("POST", "/api/v1/auth/guest")
+    token = r.json()["accessToken"]
+    convs = [await rest.conversation(token) for _ in range(3)]
+    r = await rest.call("POST", "/api/v1/conversations", json={}, token=token)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "CONFLICT"
+    async with connect(live.ws_url, token, ready=False) as ws:
+        ready = await ws.recv()
+        assert ready["data"]["limits"]["chatSendPerMinute"] == 2
+        for i in range(3):
+            await ws.send(
+                "chat.send",
+                {"conversationId": convs[i], "messageId": str(uuid.uuid4()), "content": "hi"},
+            )
+            with trio.fail_after(10):
+                while True:
+                    frame = await ws.recv()
+                    if frame["type"] in ("chat.done", "error"):
+                        break
+        assert frame["type"] == "error" and frame["data"]["code"] == "RATE_LIMITED"
