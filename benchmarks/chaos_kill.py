@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,9 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cluster_env import fresh_database, machine  # noqa: E402
+from benchmarks.cluster_env import cluster, machine  # noqa: E402
 from tests.support.chatter import Chatter  # noqa: E402
-from tests.support.cluster import Cluster, RedisServer  # noqa: E402
+from tests.support.cluster import Cluster  # noqa: E402
 from tests.support.wsclient import Rest  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -97,12 +96,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "PARLEY_SIM_MAX_TOKENS": "60",
     }
     runs: list[dict[str, Any]] = []
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        fresh_database() as url,
-        RedisServer(Path(tmp)) as redis,
-        Cluster(2, database_url=url, redis_url=redis.url, workdir=Path(tmp), env=env) as c,
-    ):
+    with cluster(2, env) as c:
         token = (await Rest(c.url(0)).register())["accessToken"]
         for run in range(args.runs):
             result = await one_run(c, token, run, args.timeout)

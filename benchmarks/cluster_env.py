@@ -1,5 +1,6 @@
-"""What the cluster benchmarks share: a fresh MariaDB database (created, migrated, dropped)
-and a description of the machine they ran on."""
+"""What the cluster benchmarks share: two `parley serve` instances on a fresh MariaDB
+database (created, migrated, dropped) and a Redis of their own, and a description of the
+machine they ran on."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import contextlib
 import os
 import platform
 import secrets
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pymysql
 
 from store.migrate import upgrade_to_head
+from tests.support.cluster import Cluster, RedisServer
 
-__all__ = ["fresh_database", "machine"]
+__all__ = ["cluster", "fresh_database", "machine"]
 
 HOST = os.environ.get("PARLEY_BENCH_MYSQL_HOST", "127.0.0.1")
 
@@ -43,3 +47,16 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+@contextlib.contextmanager
+def cluster(size: int, env: Mapping[str, str]) -> Iterator[Cluster]:
+    """``size`` started instances on a fresh database and a Redis of their own; all of it
+    is stopped and dropped at the end."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fresh_database() as url,
+        RedisServer(Path(tmp)) as redis,
+        Cluster(size, database_url=url, redis_url=redis.url, workdir=Path(tmp), env=env) as c,
+    ):
+        yield c

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,8 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cluster_env import fresh_database, machine  # noqa: E402
+from benchmarks.cluster_env import cluster, machine  # noqa: E402
 from tests.support.chatter import Chatter  # noqa: E402
-from tests.support.cluster import Cluster, RedisServer  # noqa: E402
 from tests.support.wsclient import Rest  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,12 +42,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "PARLEY_SIGNUPS_PER_IP_PER_HOUR": "1000000",
     }
     steps: list[dict[str, Any]] = []
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        fresh_database() as url,
-        RedisServer(Path(tmp)) as redis,
-        Cluster(2, database_url=url, redis_url=redis.url, workdir=Path(tmp), env=env) as c,
-    ):
+    with cluster(2, env) as c:
         urls = [c.ws_url(0), c.ws_url(1)]
         rest = Rest(c.url(0))
         chatters: list[Chatter] = []
