@@ -15,7 +15,14 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["SECRET_SETTINGS", "Settings", "SettingsError", "check_production", "load_settings"]
+__all__ = [
+    "SECRET_SETTINGS",
+    "Settings",
+    "SettingsError",
+    "check_production",
+    "load_settings",
+    "weak_jwt_keys",
+]
 
 #: Settings whose value may come from ``PARLEY_<NAME>_FILE``.
 SECRET_SETTINGS = (
@@ -252,7 +259,36 @@ def check_production(settings: Settings) -> None:
         missing.append("PARLEY_REDIS_URL")
     if missing:
         raise SettingsError("production needs: " + ", ".join(missing))
-    settings.jwt_key_ring()
+    problems = weak_jwt_keys(settings.jwt_key_ring(), settings.data_dir)
+    if problems:
+        raise SettingsError("PARLEY_JWT_KEYS: " + "; ".join(problems))
+
+
+#: Production's floor for a JWT secret: 256 bits as base64url (``secrets.token_urlsafe(32)``).
+PRODUCTION_SECRET_CHARS = 43
+
+
+def weak_jwt_keys(ring: list[tuple[str, str]], data_dir: Path) -> list[str]:
+    """What production refuses in a key ring (each problem names the key id, never the
+    secret): shorter than the floor, few distinct characters or a placeholder, the
+    development key, or one secret under two ids."""
+    problems: list[str] = []
+    dev_secret = ""
+    dev_path = data_dir / "jwt-dev-key"
+    if dev_path.exists():
+        dev_secret = dev_path.read_text().strip().partition(":")[2]
+    seen: dict[str, str] = {}
+    for kid, secret in ring:
+        if len(secret) < PRODUCTION_SECRET_CHARS:
+            problems.append(f"key {kid!r} is shorter than {PRODUCTION_SECRET_CHARS} characters")
+        elif len(set(secret)) < 12 or "replace" in secret.lower():
+            problems.append(f"key {kid!r} is not random (a placeholder or a repeated pattern)")
+        if kid.startswith("dev-") or (dev_secret and secret == dev_secret):
+            problems.append(f"key {kid!r} is the development key")
+        if secret in seen:
+            problems.append(f"key {kid!r} repeats key {seen[secret]!r}")
+        seen.setdefault(secret, kid)
+    return problems
 
 
 def load_settings(**overrides: object) -> Settings:

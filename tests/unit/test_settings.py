@@ -7,6 +7,8 @@ import pytest
 from server.settings import Settings, SettingsError, load_settings
 
 KEY = "k1:" + "s" * 40
+# production refuses weak keys (docs/SPEC.md 2.2): a random-looking one, 48 characters
+STRONG_KEY = "k1:Vd7Qx2pL9mZs4RtY8wKc3NbH6jF1gAeU0oTiXyPqWvBn5rCz"
 
 
 def test_defaults_match_contract(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -63,7 +65,7 @@ def test_production_refuses_without_explicit_settings(monkeypatch: pytest.Monkey
         load_settings()
     msg = str(err.value)
     assert "PARLEY_JWT_KEYS" in msg and "PARLEY_DATABASE_URL" in msg and "PARLEY_REDIS_URL" in msg
-    monkeypatch.setenv("PARLEY_JWT_KEYS", KEY)
+    monkeypatch.setenv("PARLEY_JWT_KEYS", STRONG_KEY)
     monkeypatch.setenv("PARLEY_DATABASE_URL", "mysql+pymysql://u:p@db:3306/parley")
     monkeypatch.setenv("PARLEY_REDIS_URL", "redis://cache:6379/0")
     assert load_settings().env == "production"
