@@ -154,6 +154,28 @@ def list_backups(directory: Path) -> list[Path]:
 # -- MySQL / MariaDB --------------------------------------------------------------------
 
 
+def _mysql_non_tables(cur: Any) -> str:
+    """Views, triggers, routines and events: the dump holds tables only."""
+    found = []
+    for what, sql in (
+        ("view", "SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA = DATABASE()"),
+        (
+            "trigger",
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()",
+        ),
+        (
+            "routine",
+            "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE()",
+        ),
+        ("event", "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = DATABASE()"),
+    ):
+        cur.execute(sql)
+        n = int(cur.fetchone()[0])
+        if n:
+            found.append(f"{n} {what}(s)")
+    return ", ".join(found)
+
+
 def _dump_mysql(url: str, out: gzip.GzipFile) -> dict[str, Any]:
     import pymysql.cursors
 
@@ -172,6 +194,12 @@ def _dump_mysql(url: str, out: gzip.GzipFile) -> dict[str, Any]:
                 "file": status["binlog_snapshot_file"],
                 "position": int(status.get("binlog_snapshot_position", "0")),
             }
+        extras = _mysql_non_tables(cur)
+        if extras:
+            raise JobFailed(
+                f"the database holds {extras}, which this backup does not carry "
+                "(Parley's schema has none)"
+            )
         tables = mysql_tables(cur)
         revision: str | None = None
         if "alembic_version" in tables:

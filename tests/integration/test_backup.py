@@ -355,6 +355,24 @@ def test_cut_short_mysql_dump_fails(
 
 
 @pytest.mark.mysql
+def test_views_and_triggers_are_refused_not_dropped_silently(
+    mysql_dbs: MySQLDatabases, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dump carries tables only: a database with a view or trigger fails the backup."""
+    url = mysql_dbs.create()
+    conn = _mysql_admin()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE VIEW `{sa.engine.make_url(url).database}`.v AS SELECT 1 AS one")
+    conn.close()
+    settings = settings_for(url, tmp_path)
+    assert run_job("backup", settings) == 1
+    err = capsys.readouterr().err.strip()
+    assert "holds 1 view(s), which this backup does not carry" in err and "\n" not in err
+    assert list_backups(settings.backup_dir) == []
+    assert not list(settings.backup_dir.glob(".*.tmp"))
+
+
+@pytest.mark.mysql
 def test_broken_statement_fails_and_drops_the_scratch(
     mysql_dbs: MySQLDatabases, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
