@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from protocol.errors import ProtocolError
+from server import access
 from server.auth.identity import flush_pending_denies, watch_revocations
 from server.drain import drain
 from server.errors import REST, ApiError, error_body
@@ -95,7 +96,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["JSON_SORT_KEYS"] = False
 
-    from server.api import account, auth, conversations, ops
+    from server.api import account, admin, auth, conversations, export, ops
 
     upstream = upstream or build_upstream(svc)
     turns = TurnManager(svc, upstream)
@@ -103,12 +104,15 @@ def create_app(
     app.register_blueprint(auth.bp, url_prefix="/api/v1")
     app.register_blueprint(account.bp, url_prefix="/api/v1")
     app.register_blueprint(conversations.create_blueprint(turns), url_prefix="/api/v1")
+    app.register_blueprint(admin.bp, url_prefix="/api/v1")
+    app.register_blueprint(export.bp, url_prefix="/api/v1")
     register_web(app)
 
     @app.before_request
     async def _edge_in() -> None:
         g.request_id = secrets.token_hex(8)
         g.trace_id = _trace_from_header(request.headers.get("traceparent")) or secrets.token_hex(16)
+        access.request_started(g.request_id, g.trace_id)
 
     def _error(
         code: str, message: str, status: int, *, retryable: bool, retry_after: float | None = None
@@ -150,6 +154,7 @@ def create_app(
         resp.headers["X-Request-Id"] = g.get("request_id") or secrets.token_hex(8)
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         svc.metrics.http_requests.labels(rule, str(resp.status_code)).inc()
+        access.request_finished(rule, resp)
         return resp
 
     hub = Hub()

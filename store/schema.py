@@ -12,6 +12,8 @@ from sqlalchemy.dialects import mysql
 __all__ = [
     "audit_events",
     "conversations",
+    "job_runs",
+    "message_tombstones",
     "messages",
     "metadata",
     "refresh_history",
@@ -142,8 +144,34 @@ audit_events = sa.Table(
     sa.Column("ip", sa.String(45), nullable=True),
     sa.Column("trace_id", sa.String(32), nullable=True),
     sa.Column("details", sa.Text, nullable=True),  # JSON, never PII in clear
+    # what the action was done to: user, session, conversation, audit (contract section 7)
+    sa.Column("target_type", sa.String(32), nullable=True),
+    sa.Column("target_id", sa.String(64), nullable=True),
+    sa.Column("user_agent", sa.String(255), nullable=True),
     sa.Index(None, "at"),
     sa.Index(None, "action", "at"),
     sa.Index(None, "subject_id", "at"),
     sa.Index(None, "actor_id", "at"),
+)
+
+# One row per client messageId whose message the retention job purged: the sha256 of
+# "conversation id:messageId". A late chat.send with it answers REPLAY_EXPIRED.
+message_tombstones = sa.Table(
+    "message_tombstones",
+    metadata,
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("purged_at", Time, nullable=False),
+    sa.Index(None, "purged_at"),
+)
+
+# Scheduled jobs (jobs/): a lease so two instances never run one job at once, and the
+# outcome of the last successful run (the "did not run" alert reads it).
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("lock_owner", sa.String(64), nullable=True),
+    sa.Column("locked_until", Time, nullable=True),
+    sa.Column("last_success_at", Time, nullable=True),
+    sa.Column("last_result", sa.Text, nullable=True),
 )

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from quart import current_app, g, request
 
 from protocol.errors import ProtocolError
+from server.access import bind_user
 from server.auth.identity import Principal, authenticate, note_activity
 from server.errors import ApiError
 from server.net import forwarded_ip
@@ -82,5 +83,6 @@ async def require_principal() -> Principal:
     except ProtocolError as exc:
         raise ApiError.from_protocol(exc) from exc
     g.principal = principal
+    bind_user(principal.user_id)
     await note_activity(svc, principal.user_id)
     return principal
