@@ -94,6 +94,7 @@ class LiveTurn:
     error: ProtocolError | None = None
     saved_chunks: int = 0
     dup_key: str = ""
+    followed: bool = False  # someone on another instance follows it (server/turns/relay.py)
     last_delta_at: float = 0.0
     gap: float = 1.0  # smoothed seconds between deltas (the writers' coalescing reads it)
 

@@ -9,8 +9,10 @@ MariaDB is the truth; the cache/broker carries only what is in flight:
   streaming`` guard on every write is the fence: once a sweeper stored a turn
   ``interrupted``, a late write from its old owner changes nothing.
 - ``tstream:{id}``: a list of entries, ``{"k": first chunk, "d": [delta, ...]}`` and a
-  last ``{"end": {...}}``; every entry is also published on ``parley:turn:{id}``. The
-  owner batches: one pipeline per flush for all its turns, not a round trip per token.
+  last ``{"end": {...}}``. An entry is also published on ``parley:turn:{id}`` when
+  someone on another instance follows the turn (it asks on ``CONTROL_CHANNEL``), the end
+  always. The owner batches: one pipeline per flush for all its turns, not a round trip
+  per token.
 - A follower subscribes to the channel first, then reads the list, then goes on live,
   merging by chunk number: nothing missed, nothing repeated at the seam; a gap (a
   dropped pub/sub message) is filled from the list again.
@@ -44,7 +46,7 @@ from store.cache import CacheEngine, CacheError, CachePipeline
 from store.records import MessageRecord
 
 __all__ = [
-    "CANCEL_CHANNEL",
+    "CONTROL_CHANNEL",
     "Relay",
     "Snapshot",
     "channel",
@@ -57,7 +59,7 @@ __all__ = [
 
 log = get_logger("parley.relay")
 
-CANCEL_CHANNEL = "parley:cancel"
+CONTROL_CHANNEL = "parley:turn-control"  # "cancel <id>", "follow <id>": to the owner
 STREAM_MAX_ENTRIES = 20_000
 
 
@@ -115,6 +117,10 @@ class Snapshot:
     def text(self) -> str:
         return "".join(self.deltas)
 
+    def short(self) -> bool:
+        """The end says more chunks were sent than this snapshot holds."""
+        return self.end is not None and len(self.deltas) < int(self.end["chunks"])
+
 
 async def read_snapshot(cache: CacheEngine, message_id: str) -> Snapshot:
     """Everything the stream buffer holds of a turn."""
@@ -167,23 +173,26 @@ class Relay:
 
     def _queue_pending(self, pipe: CachePipeline, pending: _Pending) -> None:
         entry = orjson.dumps({"k": pending.first, "d": pending.texts})
-        mid = pending.live.message_id
+        live = pending.live
+        mid = live.message_id
         pipe.rpush(stream_key(mid), [entry], ttl=self.cfg.stream_linger, max_len=STREAM_MAX_ENTRIES)
-        pipe.publish(channel(mid), entry)
+        if live.followed:  # nobody elsewhere follows most turns: no publish for them
+            pipe.publish(channel(mid), entry)
 
     async def run(self) -> None:
         """Flush the stream buffers, renew the leases, listen for cancels."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._flush_loop)
-            nursery.start_soon(self._watch_cancels)
+            nursery.start_soon(self._watch_control)
 
     async def _flush_loop(self) -> None:
-        """Flush as soon as a delta waits, but at most once per ``relay_flush_seconds``:
-        one stream stays close behind its clients (a survivor can replay nearly all a
-        client held), many streams share each pipeline."""
+        """Flush as soon as a delta waits, but at most once per ``relay_flush_seconds``
+        (more apart with many turns live: 0.5 ms per turn, up to 100 ms). A few streams stay
+        close behind their clients (a survivor can replay nearly all a client held); many
+        streams share each pipeline, with one entry per turn holding several deltas."""
         next_renew = trio.current_time()
         while True:
-            await trio.sleep(self.cfg.relay_flush_seconds)
+            await trio.sleep(min(0.1, max(self.cfg.relay_flush_seconds, len(self.live) * 5e-4)))
             with trio.move_on_at(next_renew):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -234,21 +243,27 @@ class Relay:
         """Ask the owner (wherever it is) to cancel this turn."""
         if self.enabled:
             with contextlib.suppress(CacheError):
-                await self.svc.cache.publish(CANCEL_CHANNEL, message_id)
+                await self.svc.cache.publish(CONTROL_CHANNEL, f"cancel {message_id}")
 
-    async def _watch_cancels(self) -> None:
+    async def _watch_control(self) -> None:
+        """Requests for this instance's turns from the others: cancel one; publish one's
+        deltas as they are flushed (someone elsewhere follows it)."""
         while True:
             try:
-                async with self.svc.cache.subscribe(CANCEL_CHANNEL) as sub:
+                async with self.svc.cache.subscribe(CONTROL_CHANNEL) as sub:
                     async for _channel, raw in sub:
-                        mid = raw.decode(errors="replace")
+                        verb, _, mid = raw.decode(errors="replace").partition(" ")
                         for live in list(self.live.values()):
-                            if live.message_id == mid:
+                            if live.message_id != mid:
+                                continue
+                            if verb == "cancel":
                                 live.cancel()
+                            elif verb == "follow":
+                                live.followed = True
             except CacheError:
-                log.warning("cancel_feed_lost")
+                log.warning("control_feed_lost")
             except Exception:
-                log.exception("cancel_feed_failed")
+                log.exception("control_feed_failed")
             await trio.sleep(1.0)
 
     # -- following a turn that lives elsewhere -----------------------------------------
@@ -278,6 +293,9 @@ class Relay:
             with scope:
                 try:
                     async with self.svc.cache.subscribe(channel(mid)) as sub:
+                        # Subscribed first, then ask the owner to publish this turn, then
+                        # read: what the owner flushed before it heard is in the buffer.
+                        await self.svc.cache.publish(CONTROL_CHANNEL, f"follow {mid}")
                         snap = await read_snapshot(self.svc.cache, mid)
                         nxt = await on_snapshot(snap)
                         task_status.started()
@@ -292,7 +310,8 @@ class Relay:
                                 if await self._finished_without_end(listener, row, snap, sent):
                                     return
                                 continue
-                            if not snap.add(raw):  # a missed entry: read it all again
+                            if not snap.add(raw) or snap.short():
+                                # an entry missed (not yet published, or dropped): read again
                                 snap = await read_snapshot(self.svc.cache, mid)
                             sent = self._emit(listener, row, snap, sent)
                 except CacheError:
