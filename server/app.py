@@ -21,6 +21,8 @@ from server.llm import create_provider
 from server.llm.resilience import BreakerState, ResilientUpstream, UpstreamPolicy
 from server.load import LoadMonitor
 from server.logging import get_logger
+from server.openapi import register_openapi
+from server.security import install_security_headers
 from server.services import Services
 from server.turns import TurnManager
 from server.web import register_web
@@ -107,6 +109,8 @@ def create_app(
     app.register_blueprint(admin.bp, url_prefix="/api/v1")
     app.register_blueprint(export.bp, url_prefix="/api/v1")
     register_web(app)
+    register_openapi(app)
+    install_security_headers(app)
 
     @app.before_request
     async def _edge_in() -> None:
