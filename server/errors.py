@@ -24,7 +24,7 @@ class RestCode(StrEnum):
     """Codes only REST answers (the WebSocket has no use for them)."""
 
     INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
-    TOKEN_REUSED = "TOKEN_REUSED"
+    TOKEN_REUSED = "TOKEN_REUSED"  # noqa: S105 (an error code, not a secret)
     FORBIDDEN = "FORBIDDEN"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     EMAIL_TAKEN = "EMAIL_TAKEN"

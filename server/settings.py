@@ -203,7 +203,7 @@ class Settings(BaseSettings):
         if self.allowed_origins.strip():
             return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
         own = {f"http://{self.host}:{self.port}"}
-        if self.host in ("127.0.0.1", "0.0.0.0", "::"):
+        if self.host in ("127.0.0.1", "0.0.0.0", "::"):  # noqa: S104 (a comparison, no bind)
             own |= {f"http://localhost:{self.port}", f"http://127.0.0.1:{self.port}"}
         return sorted(own)
 
