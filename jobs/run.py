@@ -1,4 +1,4 @@
-"""``parley jobs run backup|restore-check``: one run, one line, an exit code.
+"""``parley jobs run retention|backup|restore-check``: one run, one line, an exit code.
 
 Exit 0 with one line on stdout on success; exit 1 with one line on stderr naming the
 failure otherwise (contract section 8).
@@ -13,12 +13,16 @@ from server.settings import Settings
 
 __all__ = ["JOBS", "run_job"]
 
-JOBS = ("backup", "restore-check")
+JOBS = ("retention", "backup", "restore-check")
 
 
 def run_job(name: str, settings: Settings) -> int:
     try:
-        if name == "backup":
+        if name == "retention":
+            from jobs.retention import run_retention
+
+            print(run_retention(settings).line())
+        elif name == "backup":
             from jobs.backup import run_backup
 
             print(run_backup(settings).line())

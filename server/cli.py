@@ -65,7 +65,7 @@ def cmd_admin_grant(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_run(args: argparse.Namespace) -> int:
-    if args.name in ("backup", "restore-check"):
+    if args.name in ("retention", "backup", "restore-check"):
         from jobs.run import run_job
 
         return run_job(args.name, _settings())

@@ -245,6 +245,16 @@ class Settings(BaseSettings):
     # file); never the live database. Also read from PARLEY_RESTORE_CHECK_DATABASE_URL_FILE.
     restore_check_database_url: str = ""
 
+    # -- Retention (jobs/retention.py), schedule, tracing (docs/SPEC.md section 6) ---------
+    retention_deleted_days: int = Field(30, ge=1)  # soft-deleted rows are purged after this
+    retention_audit_days: int = Field(365, ge=1)
+    retention_tombstone_days: int = Field(365, ge=1)  # how long a purged messageId is known
+    retention_revoked_session_days: int = Field(1, ge=1)
+    retention_batch_size: int = Field(1000, ge=1, le=100_000)
+    # "retention@03:00,backup@03:30" (UTC): jobs this process runs itself (one instance only)
+    jobs_schedule: str = ""
+    otlp_endpoint: str = ""
+
 
 def check_production(settings: Settings) -> None:
     """Raise :class:`SettingsError` naming every missing production setting."""

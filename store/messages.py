@@ -4,6 +4,8 @@ One turn = two rows written in one transaction: the user's message (``seq``
 n+1, keyed by the client's ``messageId``) and the assistant's (``seq`` n+2,
 status ``streaming``). The conversation row is locked while the sequence
 numbers are taken, so ``seq`` never repeats and never skips.
+
+Over 400 lines: the turn's rows are one unit (start, checkpoint, end, the reads of resume).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from protocol.frames import FinishReason, MessageStatus, Role
 from store.db import utcnow
 from store.records import MessageRecord
 from store.schema import conversations, messages, users
+from store.tombstones import tombstoned
 
 __all__ = [
     "BeginOutcome",
@@ -165,6 +168,10 @@ def begin_turns(
             )
         )
     }
+    # messageIds whose message retention purged: never generated again (REPLAY_EXPIRED)
+    gone = tombstoned(
+        conn, {(r.conversation_id, r.client_message_id) for r in requests} - set(seen)
+    )
     answers: dict[str, MessageRecord] = {}
     if seen:
         for r in conn.execute(
@@ -192,7 +199,7 @@ def begin_turns(
             continue
         key = (req.conversation_id, req.client_message_id)
         prior = seen.get(key)
-        if prior is None and req.must_exist:
+        if prior is None and (req.must_exist or key in gone):
             results.append(BeginResult(BeginOutcome.EXPIRED))
             continue
         if prior is not None:

@@ -107,7 +107,7 @@ def test_migrate_names_the_database_and_prints_no_alembic_lines(tmp_path: Path) 
     )
     assert r.returncode == 0, r.stderr
     db = tmp_path.resolve() / "parley-data" / "parley.db"
-    assert r.stdout.strip() == f"database at revision 0001 ({db})"
+    assert r.stdout.strip() == f"database at revision 0002 ({db})"
     for chatter in ALEMBIC_CHATTER:
         assert chatter not in r.stdout + r.stderr
 

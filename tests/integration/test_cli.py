@@ -57,14 +57,17 @@ def check_migrate_and_grant(tmp_path: Path, url: str) -> None:
     env = base_env(tmp_path, url)
     r = run(["migrate"], env)
     assert r.returncode == 0, r.stderr
-    assert "database at revision 0001" in r.stdout
-    assert current_revision(url) == "0001"
+    assert "database at revision 0002" in r.stdout
+    assert current_revision(url) == "0002"
     make_user(url, "boss@example.com")
     r = run(["admin", "grant", "BOSS@example.com"], env)
     assert r.returncode == 0, r.stderr
     assert role_of(url, "boss@example.com") == "admin"
     r = run(["admin", "grant", "nobody@example.com"], env)
     assert r.returncode == 1 and "no user" in r.stderr
+    r = run(["jobs", "run", "retention"], env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("retention: purged ") and r.stdout.count("\n") == 1
 
 
 def test_migrate_and_grant_sqlite(tmp_path: Path) -> None:
