@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from server.settings import Settings
 from store import retention as r
 from store.db import create_db_engine, utcnow
-from store.schema import job_runs
+from store.jobruns import job_lock, release_lock
 
 __all__ = ["KINDS", "RetentionReport", "job_lock", "release_lock", "run_retention"]
 
@@ -45,7 +43,6 @@ KINDS = (
     "audit_events",
     "tombstones",
 )
-LEASE = dt.timedelta(minutes=10)
 
 
 @dataclass
@@ -65,42 +62,6 @@ class RetentionReport:
             return "retention: skipped, another instance holds the lock"
         parts = " ".join(f"{k}={v}" for k, v in self.counts.items())
         return f"retention: purged {parts} in {self.seconds:.1f}s"
-
-
-def job_lock(engine: Engine, name: str, owner: str, now: dt.datetime) -> bool:
-    """Take (or renew) the job's lease; False while another owner holds it."""
-    with engine.begin() as conn:
-        if conn.execute(sa.select(job_runs.c.name).where(job_runs.c.name == name)).first() is None:
-            try:
-                with conn.begin_nested():
-                    conn.execute(job_runs.insert().values(name=name))
-            except sa.exc.IntegrityError:
-                pass  # the other instance made it first
-        got = conn.execute(
-            job_runs.update()
-            .where(
-                job_runs.c.name == name,
-                sa.or_(
-                    job_runs.c.locked_until.is_(None),
-                    job_runs.c.locked_until < now,
-                    job_runs.c.lock_owner == owner,
-                ),
-            )
-            .values(lock_owner=owner, locked_until=now + LEASE)
-        )
-        return got.rowcount == 1
-
-
-def release_lock(engine: Engine, name: str, owner: str, result: dict[str, int] | None) -> None:
-    values: dict[str, object] = {"lock_owner": None, "locked_until": None}
-    if result is not None:
-        values |= {"last_success_at": utcnow(), "last_result": json.dumps(result)}
-    with engine.begin() as conn:
-        conn.execute(
-            job_runs.update()
-            .where(job_runs.c.name == name, job_runs.c.lock_owner == owner)
-            .values(**values)
-        )
 
 
 def _drain(

@@ -22,8 +22,10 @@ from server.llm.resilience import BreakerState, ResilientUpstream, UpstreamPolic
 from server.load import LoadMonitor
 from server.logging import get_logger
 from server.openapi import register_openapi
+from server.schedule import run_schedule
 from server.security import install_security_headers
 from server.services import Services
+from server.tracing import configure_tracing
 from server.turns import TurnManager
 from server.web import register_web
 from server.ws import heartbeat
@@ -93,6 +95,7 @@ def create_app(
     svc: Services, *, upstream: ResilientUpstream | None = None, ws_config: WsConfig | None = None
 ) -> QuartTrio:
     heartbeat.install()
+    configure_tracing(svc.settings.otlp_endpoint)
     app = QuartTrio("parley")
     app.config["PARLEY_SERVICES"] = svc
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
@@ -193,6 +196,7 @@ def create_app(
                     nursery.start_soon(load.run, svc.metrics.event_loop_lag_seconds.set)
                     nursery.start_soon(flush_pending_denies, svc)
                     nursery.start_soon(watch_cache, svc)
+                    nursery.start_soon(run_schedule, svc)
         finally:
             background_done.set()
 

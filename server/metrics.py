@@ -6,8 +6,28 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 __all__ = ["Metrics"]
 
-_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+# Every latency histogram resolves 0.1 ms to 30 s (contract section 6).
+_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+)
+_FAST = _SLOW = _BUCKETS
 
 
 class Metrics:
@@ -73,6 +93,25 @@ class Metrics:
         self.cache_degraded = Gauge(
             "parley_cache_degraded",
             "1 while the cache/broker (Redis) does not answer: degraded mode",
+            registry=r,
+        )
+
+        self.retention_purged = Counter(
+            "parley_retention_purged_rows",
+            "Rows the in-process retention job purged, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.job_runs = Counter(
+            "parley_job_runs",
+            "In-process scheduled job runs by job and outcome (ok, skipped, failed)",
+            ["job", "outcome"],
+            registry=r,
+        )
+        self.job_last_success = Gauge(
+            "parley_job_last_success_timestamp_seconds",
+            "Unix time of each job's last successful run, from the database (any instance)",
+            ["job"],
             registry=r,
         )
 

@@ -8,6 +8,7 @@ and a Redis URL (:func:`check_production`).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -156,6 +157,16 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, v: str) -> str:
         if v and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be empty or a redis:// URL")
+        return v
+
+    @field_validator("jobs_schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        jobs = ("retention", "backup", "restore-check")  # jobs/run.py JOBS
+        for part in filter(None, (p.strip() for p in v.split(","))):
+            name, _, at = part.partition("@")
+            if name not in jobs or not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", at):
+                raise ValueError(f"{part!r}: each entry is JOB@HH:MM (UTC), JOB one of {jobs}")
         return v
 
     @model_validator(mode="before")

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from jobs.retention import job_lock, release_lock, run_retention
+from jobs.retention import run_retention
 from store.audit import pseudonym
 from store.db import create_db_engine, utcnow
+from store.jobruns import job_lock, release_lock
 from store.messages import BeginOutcome, begin_turn
 from store.migrate import upgrade_to_head
 from store.schema import (
