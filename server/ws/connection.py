@@ -116,7 +116,8 @@ async def _reader(svc: Services, dispatcher: Dispatcher, conn: Connection, cfg: 
     while not conn.closing.is_set():
         raw = await websocket.receive()
         try:
-            if isinstance(raw, bytes):
+            # an empty binary frame arrives as None (Quart reads ``bytes or text``)
+            if raw is None or isinstance(raw, bytes):
                 raise ProtocolError(ErrorCode.VALIDATION_FAILED, "text frames only")
             frame = parse_client_frame(
                 raw, max_frame_bytes=cfg.max_frame_bytes, max_content_chars=cfg.max_content_chars
