@@ -31,6 +31,7 @@ from server.logging import get_logger
 from server.services import Services
 from server.turns.config import TurnConfig
 from server.turns.live import LiveTurn, Upstream, stored_done
+from server.turns.observe import TurnObserver
 from server.turns.relay import Relay, end_payload
 from server.turns.starts import idem_key
 from store import messages as store_messages
@@ -79,11 +80,12 @@ class Generation:
 
     async def run(self, live: LiveTurn, nursery: trio.Nursery) -> None:
         """One turn. Nothing escapes: the server-wide nursery must live on."""
+        obs = TurnObserver(live)
         try:
             try:
                 # Bookkeeping runs beside the generation: the upstream request goes first.
                 nursery.start_soon(self._remember_keys, live)
-                await self._generate_and_settle(live)
+                await self._generate_and_settle(live, obs)
             finally:
                 # Also on shutdown (the nursery is cancelled): the turn still ends, stored as
                 # interrupted, with its chat.done pushed; bounded so shutdown stays quick.
@@ -95,6 +97,8 @@ class Generation:
                         await self._finish(live)
                     if live.is_live:  # the write hung past the deadline
                         self._unstored(live)
+                    err = live.error.code.value if live.error is not None else None
+                    obs.done(live.turn.message_status.value, live.turn.chunks, err)
         except Exception:
             log.exception(
                 "turn_task_failed", convId=live.conversation_id, messageId=live.message_id
@@ -117,13 +121,15 @@ class Generation:
         except CacheError:
             pass  # the database still answers duplicates by messageId
 
-    async def _generate_and_settle(self, live: LiveTurn) -> None:
+    async def _generate_and_settle(self, live: LiveTurn, obs: TurnObserver) -> None:
         turn = live.turn
         with live.cancel_scope:
             try:
-                await self._generate(live)
+                await self._generate(live, obs)
+                obs.upstream_done()
             except UpstreamError as exc:
                 live.error = ProtocolError(upstream_code(exc), str(exc))
+                obs.upstream_done(live.error.code.value)
             except Exception:
                 log.exception(
                     "turn_crashed", convId=live.conversation_id, messageId=live.message_id
@@ -135,10 +141,11 @@ class Generation:
             elif live.cancel_requested:
                 turn.finish(TurnState.CANCELLED)
 
-    async def _generate(self, live: LiveTurn) -> None:
+    async def _generate(self, live: LiveTurn, obs: TurnObserver) -> None:
         turn = live.turn
         sent_at = time.perf_counter()
         self.svc.metrics.dispatch_seconds.observe(sent_at - live.received_at)
+        obs.dispatched()
         async with self.upstream.stream(
             self.upstream_messages(live), max_tokens=self.cfg.max_output_tokens
         ) as events:
@@ -150,6 +157,7 @@ class Generation:
                     live.last_delta_at = t0
                     if turn.state is TurnState.PENDING:
                         turn.start_streaming()
+                        obs.token()
                     result = turn.add_delta(event.text)
                     if result.chunk is not None:
                         live.send_delta(live.delta(result.chunk, result.text), t0)

@@ -24,6 +24,7 @@ from server.load import LoadMonitor
 from server.logging import get_logger
 from server.services import Services
 from server.turns import TurnManager
+from server.ws import session_log
 from server.ws.admission import PRESENCE_TTL, admit, presence_key
 from server.ws.dispatch import Dispatcher
 from server.ws.hub import Hub
@@ -43,6 +44,7 @@ async def handle_websocket(
     if conn is None:
         return
     dispatcher = Dispatcher(svc, turns, cfg)
+    started = session_log.started(conn)
     hub.add(conn)
     svc.metrics.ws_connections.inc()
     try:
@@ -66,6 +68,7 @@ async def handle_websocket(
         # shielded: the connection's scope may be cancelled; unreachable, it expires itself
         with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(CacheError):
             await svc.cache.presence_remove(presence_key(conn.user_id), conn.id)
+        session_log.ended(conn, started)
 
 
 async def _writer(
@@ -93,6 +96,7 @@ async def _writer(
             continue
         frame, t0 = item
         await websocket.send(frame.text)
+        conn.chars_out += len(frame.text)
         counter = out.get(frame.type)
         if counter is None:
             counter = out[frame.type] = frames.labels("out", frame.type)
@@ -115,6 +119,7 @@ async def _reader(svc: Services, dispatcher: Dispatcher, conn: Connection, cfg: 
     frames = svc.metrics.ws_frames
     while not conn.closing.is_set():
         raw = await websocket.receive()
+        conn.chars_in += len(raw or "")
         try:
             # an empty binary frame arrives as None (Quart reads ``bytes or text``)
             if raw is None or isinstance(raw, bytes):
@@ -137,6 +142,7 @@ async def _reader(svc: Services, dispatcher: Dispatcher, conn: Connection, cfg: 
             continue
         frames.labels("in", frame.type.value).inc()
         reply = ReplyTo(frame.request_id, frame.trace_id or new_trace_id())
+        session_log.frame(reply.request_id, reply.trace_id)
         try:
             await dispatcher.dispatch(conn, frame, reply)
         except ProtocolError as err:

@@ -85,6 +85,9 @@ class Connection:
     closing: trio.Event = field(default_factory=trio.Event)
     invalid_at: deque[float] = field(default_factory=deque)
     budget: FrameBudget | None = None  # set by the dispatcher on first use
+    # for the session's access log line (server/ws/session_log.py): text frames' characters
+    chars_in: int = 0
+    chars_out: int = 0
 
     def close(self, code: int, reason: str) -> None:
         """Ask the writer to close after what is already queued (first request wins)."""

@@ -1,0 +1,43 @@
+"""The log context and access line of a WebSocket session.
+
+:func:`started` binds ``connectionId`` and ``userId`` (and the upgrade's ``traceId``) for
+every event the connection's tasks log; :func:`frame` binds each client frame's
+``requestId`` and ``traceId`` while the reader handles it; :func:`ended` writes one
+``ws_session`` line: close code, duration, frames' characters in and out.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from server.logging import get_logger
+from server.ws.state import Connection
+
+__all__ = ["ended", "frame", "started"]
+
+log = get_logger("parley.access")
+
+
+def started(conn: Connection) -> float:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(connectionId=conn.id, userId=conn.user_id)
+    return time.perf_counter()
+
+
+def frame(request_id: str | None, trace_id: str) -> None:
+    structlog.contextvars.bind_contextvars(requestId=request_id, traceId=trace_id)
+
+
+def ended(conn: Connection, started_at: float) -> None:
+    structlog.contextvars.unbind_contextvars("requestId", "traceId")
+    log.info(
+        "ws_session",
+        route="/ws",
+        closeCode=conn.close_code or 1000,
+        closeReason=conn.close_reason or None,
+        durationMs=round((time.perf_counter() - started_at) * 1000, 2),
+        charsIn=conn.chars_in,
+        charsOut=conn.chars_out,
+    )
