@@ -77,7 +77,10 @@ class _StdoutLogger:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
-def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
+def configure_logging(level: str = "INFO", *, json: bool | None = True) -> None:
+    """``json=None``: JSON lines unless stdout is a terminal (``make run``: readable lines)."""
+    if json is None:
+        json = not (hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
         lvl = logging.INFO

@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     max_conversations_per_user: int = Field(1000, ge=1)
 
     log_level: str = "INFO"
-    log_json: bool = True
+    log_json: bool | None = None  # empty: JSON lines, or readable ones on a terminal
 
     @field_validator("database_url")
     @classmethod
