@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TypeVar
 
 import orjson
@@ -48,6 +49,23 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ApiError("VALIDATION_FAILED", "body has a duplicate key")
+    return dict(pairs)
+
+
+def _refuse_duplicate_keys(raw: str | bytes) -> None:
+    """A key given twice is refused, not resolved (parsers disagree on which one wins: a
+    proxy and the server must never read two different bodies). orjson has parsed it
+    already, strictly; this second pass only looks at the keys."""
+    try:
+        json.loads(raw, object_pairs_hook=_unique_pairs)
+    except RecursionError as exc:
+        raise ApiError("VALIDATION_FAILED", "body is nested too deeply") from exc
+
+
 async def parse_body(model: type[M], *, optional: bool = False) -> M:
     """Read, bound and validate a JSON body; 400 ``VALIDATION_FAILED`` on any fault."""
     raw = await request.get_data(cache=False)
@@ -58,9 +76,10 @@ async def parse_body(model: type[M], *, optional: bool = False) -> M:
             return model()
         raise ApiError("VALIDATION_FAILED", "a JSON object body is required")
     try:
-        data = orjson.loads(raw)
+        data = orjson.loads(raw)  # strict: UTF-8, no lone surrogates, no NaN, depth 1024
     except orjson.JSONDecodeError as exc:
         raise ApiError("VALIDATION_FAILED", "body is not valid JSON") from exc
+    _refuse_duplicate_keys(raw)
     if not isinstance(data, dict):
         raise ApiError("VALIDATION_FAILED", "body must be a JSON object")
     try:

@@ -31,8 +31,16 @@ class Strict(BaseModel):
 
 Email = Annotated[EmailStr, StringConstraints(max_length=254)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# One line of text: no control characters (NUL, escapes, line breaks) in a name or title.
+_ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_ONE_LINE),
+]
+DisplayName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=_ONE_LINE),
+]
 
 
 class _EmailLower(Strict):
