@@ -13,16 +13,27 @@ import trio
 
 from server.logging import get_logger
 from server.services import Services
+from store.cache import CacheError
 
-__all__ = ["watch_cache"]
+__all__ = ["ALIVE_PREFIX", "HEARTBEAT_TTL", "watch_cache"]
+
+ALIVE_PREFIX = "alive:"
+HEARTBEAT_TTL = 6.0
 
 log = get_logger("parley.health")
 
 
 async def watch_cache(svc: Services, every: float = 2.0) -> None:
+    """Every ``every`` seconds, write this instance's heartbeat (``alive:<instance id>``,
+    which other instances read to tell its sockets from a dead one's); a failed write is
+    degraded mode."""
     degraded = False
     while True:
-        ok = await svc.cache.ping()
+        try:
+            await svc.cache.set(ALIVE_PREFIX + svc.instance_id, b"1", ttl=HEARTBEAT_TTL)
+            ok = True
+        except CacheError:
+            ok = False
         if ok == degraded:  # a change
             degraded = not ok
             svc.metrics.cache_degraded.set(1 if degraded else 0)

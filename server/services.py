@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 import trio
@@ -25,6 +26,8 @@ class Services:
     passwords: PasswordService
     metrics: Metrics
     draining: trio.Event = field(default_factory=trio.Event)
+    # this process among the instances sharing the cache/broker (leases, presence, heartbeat)
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # session id -> monotonic expiry: revocations not yet written to the cache
     pending_denies: dict[str, float] = field(default_factory=dict)
     # session id -> monotonic expiry: the database said this session is live (a short

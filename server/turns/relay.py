@@ -25,7 +25,6 @@ turn and sweeps leftovers at start-up.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +153,7 @@ class Relay:
         self.cfg = cfg
         self.live = live
         self.enabled = enabled
-        self.instance = uuid.uuid4().hex
+        self.instance = svc.instance_id
         self._pending: dict[str, _Pending] = {}
         self._follows: dict[int, dict[str, trio.CancelScope]] = {}
         self._wake = trio.Event()

@@ -16,6 +16,7 @@ from quart import abort, websocket
 from protocol.close_codes import CloseCode, close_reason
 from protocol.errors import AUTH_CLOSE_CODES, ErrorCode, ProtocolError
 from server.auth.identity import Principal, authenticate
+from server.health import ALIVE_PREFIX
 from server.logging import get_logger
 from server.net import forwarded_ip
 from server.services import Services
@@ -25,7 +26,14 @@ from server.ws.outbox import Outbox
 from server.ws.state import Connection, WsConfig
 from store.cache import CacheError
 
-__all__ = ["BEARER_PREFIX", "PRESENCE_TTL", "SUBPROTOCOL", "admit", "presence_key"]
+__all__ = [
+    "BEARER_PREFIX",
+    "PRESENCE_TTL",
+    "SUBPROTOCOL",
+    "admit",
+    "presence_key",
+    "presence_member",
+]
 
 log = get_logger("parley.ws")
 
@@ -75,17 +83,25 @@ def presence_key(user_id: str) -> str:
     return f"conns:{user_id}"
 
 
+def presence_member(svc: Services, conn_id: str) -> str:
+    """A socket in that set: ``<instance id>|<connection id>``."""
+    return f"{svc.instance_id}|{conn_id}"
+
+
 async def _over_user_cap(
     svc: Services, hub: Hub, cfg: WsConfig, user_id: str, conn_id: str
 ) -> bool:
     """Count this socket among the user's sockets on every instance; over the cap, it does
-    not count and is refused. Entries of a dead instance expire (``PRESENCE_TTL``).
-    Without the cache, this instance's own count decides."""
-    key = presence_key(user_id)
+    not count and is refused. The sockets of an instance that died stop counting when its
+    heartbeat expires (``server.health``: seconds), not after ``PRESENCE_TTL``. Without the
+    cache, this instance's own count decides."""
+    key, member = presence_key(user_id), presence_member(svc, conn_id)
     try:
-        count = await svc.cache.presence_add(key, [conn_id], ttl=PRESENCE_TTL)
+        count = await svc.cache.presence_add(
+            key, [member], ttl=PRESENCE_TTL, alive_prefix=ALIVE_PREFIX
+        )
         if count > cfg.max_connections_per_user:
-            await svc.cache.presence_remove(key, conn_id)
+            await svc.cache.presence_remove(key, member)
             return True
         return False
     except CacheError:

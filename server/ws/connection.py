@@ -20,12 +20,13 @@ from protocol.codec import new_trace_id, parse_client_frame
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.outgoing import ReplyTo
 from server.auth.identity import note_activity
+from server.health import ALIVE_PREFIX
 from server.load import LoadMonitor
 from server.logging import get_logger
 from server.services import Services
 from server.turns import TurnManager
 from server.ws import session_log
-from server.ws.admission import PRESENCE_TTL, admit, presence_key
+from server.ws.admission import PRESENCE_TTL, admit, presence_key, presence_member
 from server.ws.dispatch import Dispatcher
 from server.ws.hub import Hub
 from server.ws.state import Connection, WsConfig
@@ -67,7 +68,9 @@ async def handle_websocket(
         svc.metrics.ws_connections.dec()
         # shielded: the connection's scope may be cancelled; unreachable, it expires itself
         with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(CacheError):
-            await svc.cache.presence_remove(presence_key(conn.user_id), conn.id)
+            await svc.cache.presence_remove(
+                presence_key(conn.user_id), presence_member(svc, conn.id)
+            )
         session_log.ended(conn, started)
 
 
@@ -203,9 +206,11 @@ async def sweep_connections(svc: Services, hub: Hub, cfg: WsConfig, every: float
 async def renew_presence(svc: Services, hub: Hub) -> None:
     by_user: dict[str, list[str]] = {}
     for conn in hub.all():
-        by_user.setdefault(conn.user_id, []).append(conn.id)
+        by_user.setdefault(conn.user_id, []).append(presence_member(svc, conn.id))
     try:
-        for user_id, ids in by_user.items():
-            await svc.cache.presence_add(presence_key(user_id), ids, ttl=PRESENCE_TTL)
+        for user_id, members in by_user.items():
+            await svc.cache.presence_add(
+                presence_key(user_id), members, ttl=PRESENCE_TTL, alive_prefix=ALIVE_PREFIX
+            )
     except CacheError:
         log.warning("presence_renew_failed")

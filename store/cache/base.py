@@ -309,11 +309,17 @@ class CacheEngine(ABC):
     # -- presence (who is connected, across instances) --------------------
 
     @abstractmethod
-    async def presence_add(self, key: str, members: Sequence[str], ttl: float) -> int:
+    async def presence_add(
+        self, key: str, members: Sequence[str], ttl: float, *, alive_prefix: str | None = None
+    ) -> int:
         """Add or refresh ``members`` of the set ``key``, each alive for ``ttl`` seconds
-        from now (a member not refreshed in time drops out by itself: a dead instance's
-        entries do not count for ever); return how many members are alive. Atomic.
-        ``members`` may be empty: then it only counts."""
+        from now (a member not refreshed in time drops out by itself); return how many
+        members are alive. Atomic. ``members`` may be empty: then it only counts.
+
+        With ``alive_prefix``, a member written ``owner|id`` also drops out as soon as the
+        key ``alive_prefix + owner`` is gone: an instance that died takes its members with
+        it within its heartbeat's TTL, not the members' own. (Members being added count:
+        their owner is the one adding them.)"""
 
     @abstractmethod
     async def presence_remove(self, key: str, *members: str) -> None:

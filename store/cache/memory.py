@@ -307,14 +307,25 @@ class MemoryCacheEngine(CacheEngine):
 
     # -- limiter -----------------------------------------------------------
 
-    async def presence_add(self, key: str, members: Sequence[str], ttl: float) -> int:
+    async def presence_add(
+        self, key: str, members: Sequence[str], ttl: float, *, alive_prefix: str | None = None
+    ) -> int:
         checked = check_ttl(ttl)
         if checked is None:
             raise ValueError("presence_add needs a ttl")
         await trio.lowlevel.checkpoint()
         self._check_open()
         now = self._clock()
-        alive = {m: t for m, t in self._presence.get(key, {}).items() if t > now}
+        alive = {
+            m: t
+            for m, t in self._presence.get(key, {}).items()
+            if t > now
+            and (
+                alive_prefix is None
+                or "|" not in m
+                or self._live(alive_prefix + m.split("|", 1)[0]) is not None
+            )
+        }
         for m in members:
             alive[m] = now + checked
         if alive:

@@ -78,11 +78,19 @@ return {v, pttl}
 
 _PRESENCE_ADD = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for i = 4, #ARGV do
+if ARGV[4] ~= '' then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local bar = string.find(m, '|', 1, true)
+    if bar and redis.call('EXISTS', ARGV[4] .. string.sub(m, 1, bar - 1)) == 0 then
+      redis.call('ZREM', KEYS[1], m)
+    end
+  end
+end
+for i = 5, #ARGV do
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
 end
 local n = redis.call('ZCARD', KEYS[1])
-if n > 0 and #ARGV >= 4 and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+if n > 0 and #ARGV >= 5 and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])  -- the key lives as long as its longest member
 end
 return n
@@ -285,13 +293,15 @@ class RedisCacheEngine(CacheEngine):
 
     # -- presence ------------------------------------------------------------
 
-    async def presence_add(self, key: str, members: Sequence[str], ttl: float) -> int:
+    async def presence_add(
+        self, key: str, members: Sequence[str], ttl: float, *, alive_prefix: str | None = None
+    ) -> int:
         checked = check_ttl(ttl)
         if checked is None:
             raise ValueError("presence_add needs a ttl")
         now_ms = int(time.time() * 1000)
         ms = ttl_ms(checked)
-        args: list[str | int] = [now_ms, now_ms + ms, ms, *members]
+        args: list[str | int] = [now_ms, now_ms + ms, ms, alive_prefix or "", *members]
         return int(await self._call(self._presence_add, keys=[key], args=args))
 
     async def presence_remove(self, key: str, *members: str) -> None:

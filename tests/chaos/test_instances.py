@@ -5,6 +5,7 @@ the per-user socket cap, revocation)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
+from server.health import HEARTBEAT_TTL
 from tests.chaos.conftest import MakeCluster
 from tests.support.chatter import Chatter, Outcome
 from tests.support.cluster import Cluster, RedisServer
@@ -75,6 +77,13 @@ async def test_instance_killed_mid_answer_resumes_on_the_survivor(
         # The conversation is usable again at once, on the survivor.
         again = await Chatter([c.ws_url(survivor)], token, conv).ask("and again")
         assert again.status == "completed" and again.duplicates == 0
+    # The ten killed instances' sockets do not count against the user's 10 (4504): they
+    # go with their instance's heartbeat (6 s), not after their own expiry (60 s).
+    await trio.sleep(HEARTBEAT_TTL + 0.5)
+    async with contextlib.AsyncExitStack() as stack:
+        for i in range(10):
+            ws = await stack.enter_async_context(connect(c.ws_url(i % 2), token))
+            assert ws.received[0]["type"] == "session.ready"
 
 
 async def test_rolling_upgrade_loses_nothing(

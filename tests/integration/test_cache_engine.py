@@ -283,6 +283,18 @@ async def test_presence_counts_live_members_and_forgets_the_silent(
     assert await engine.presence_add(k, [], ttl=5) == 0
 
 
+async def test_presence_members_go_with_their_owner(engine: CacheEngine, key: KeyFactory) -> None:
+    k, alive = key("presence"), key("alive:")
+    await engine.set(alive + "i1", b"1", ttl=5)
+    await engine.set(alive + "i2", b"1", ttl=0.3)
+    members = ["i1|a", "i1|b", "i2|c", "i3|d"]  # i3: no heartbeat at all
+    assert await engine.presence_add(k, members, ttl=60, alive_prefix=alive) == 4  # just added
+    assert await engine.presence_add(k, [], ttl=60) == 4  # without the check: all of them
+    assert await engine.presence_add(k, [], ttl=60, alive_prefix=alive) == 3
+    await trio.sleep(0.4)  # i2 died: its heartbeat expired long before its members would
+    assert await engine.presence_add(k, [], ttl=60, alive_prefix=alive) == 2
+
+
 async def test_hit_rate_allows_then_denies_with_retry_after(
     engine: CacheEngine, key: KeyFactory
 ) -> None:
