@@ -210,9 +210,14 @@ class Relay:
             try:
                 await pipe.execute()
             except CacheError:
-                # Followers on other instances miss these deltas; they are in the database
-                # at the next checkpoint, and a resume there fills the gap.
+                # Kept for the next flush, ahead of what came meanwhile: the buffer stays
+                # whole once the cache answers again (a turn's deltas are bounded).
                 log.warning("relay_flush_failed", turns=len(pending))
+                for mid, p in pending.items():
+                    later = self._pending.get(mid)
+                    if later is not None:
+                        p.texts.extend(later.texts)
+                    self._pending[mid] = p
 
     def lease(self, pipe: CachePipeline, live: LiveTurn) -> None:
         """Queue the turn's lease on a pipeline the caller sends (the turn's start)."""
@@ -312,6 +317,10 @@ class Relay:
                             if not snap.add(raw) or snap.short():
                                 # an entry missed (not yet published, or dropped): read again
                                 snap = await read_snapshot(self.svc.cache, mid)
+                                if snap.short():  # the buffer itself lacks some: the end
+                                    held = "".join(snap.deltas[:sent])  # is in the database
+                                    await self._finish_from_database(listener, row, sent_text=held)
+                                    return
                             sent = self._emit(listener, row, snap, sent)
                 except CacheError:
                     # The broker is gone: what follows comes from the database, at the end.

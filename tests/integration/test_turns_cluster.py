@@ -20,7 +20,7 @@ from protocol.frames import ChatResume, ChatSend
 from protocol.outgoing import ReplyTo
 from server.services import Services, build_services
 from server.turns import Listener, TurnConfig, TurnManager
-from server.turns.relay import lease_key, stream_key
+from server.turns.relay import lease_key, read_snapshot, stream_key
 from store import conversations as conv_repo
 from store import messages as store_messages
 from store import users as users_repo
@@ -297,3 +297,47 @@ async def test_without_redis_the_process_sweeps_leftovers_at_start(
             "half an answ",
             "interrupted",
         )
+
+
+class _FlakyFlush:
+    """A's cache, whose next ``fail`` pipeline sends fail (Redis hiccups)."""
+
+    def __init__(self, inner: CacheEngine) -> None:
+        self._inner = inner
+        self.fail = 0
+
+    def pipeline(self) -> Any:
+        pipe = self._inner.pipeline()
+        if self.fail > 0:
+            self.fail -= 1
+
+            async def broken() -> None:
+                pipe._take()
+                raise CacheUnavailable("redis unavailable (test)")
+
+            pipe.execute = broken  # type: ignore[method-assign]
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_failed_flush_is_sent_with_the_next(pair: tuple[Instance, Instance]) -> None:
+    a, b = pair
+    user, conv = await conversation(a.svc)
+    out, _ = await started(a, user, conv, "one ")
+    mid = out.of("chat.ack")[0]["assistantMessageId"]
+    await wait_flushed(a.svc.cache, mid, 1)
+    flaky = _FlakyFlush(a.svc.cache)
+    a.svc.cache = flaky  # type: ignore[assignment]
+    flaky.fail = 2
+    await a.upstream.token("two ")
+    await out.wait_for("chat.stream", 2)
+    with trio.fail_after(5):
+        while flaky.fail:  # noqa: ASYNC110 - the two failing flushes went by
+            await trio.sleep(0.01)
+    await a.upstream.token("three")
+    await a.upstream.end()
+    await out.wait_for("chat.done")
+    snap = await read_snapshot(b.svc.cache, mid)
+    assert snap.text == "one two three" and snap.end is not None  # whole, in order
