@@ -182,9 +182,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         query={
             "actor": "string",
             "action": "string",
+            "target": "string",
+            "targetType": "string",
             "from": "string",
             "to": "string",
             "cursor": "string",
+            "limit": "integer",
             "format": "string",
         },
     ),
