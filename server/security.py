@@ -5,11 +5,17 @@ protection (``X-Frame-Options: DENY`` and, on responses without a policy of thei
 ``Content-Security-Policy: default-src 'none'; frame-ancestors 'none'``: an API answer is
 data, never a page to render or frame). The web client's pages set their own, stricter
 page CSP (``server/web.py``); nothing here overrides a header a route already set.
+
+And a body bound on every route: a declared ``Content-Length`` over the app's
+``MAX_CONTENT_LENGTH`` (64 KiB) answers 413 ``PAYLOAD_TOO_LARGE`` before any route runs,
+whether or not the route reads a body (a chunked body is bounded when read).
 """
 
 from __future__ import annotations
 
-from quart import Quart, Response
+from quart import Quart, Response, request
+
+from server.errors import ApiError
 
 __all__ = ["API_CSP", "SECURITY_HEADERS", "install_security_headers"]
 
@@ -23,6 +29,12 @@ SECURITY_HEADERS = {
 
 
 def install_security_headers(app: Quart) -> None:
+    @app.before_request
+    async def _body_bound() -> None:
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        if limit and (request.content_length or 0) > limit:
+            raise ApiError("PAYLOAD_TOO_LARGE", f"body over {limit} bytes")
+
     @app.after_request
     async def _security_headers(resp: Response) -> Response:
         for name, value in SECURITY_HEADERS.items():

@@ -47,3 +47,16 @@ async def test_security_headers_on_every_http_answer(api: ApiClient) -> None:
         assert r.headers["Referrer-Policy"] == "no-referrer"
         assert r.headers["X-Frame-Options"] == "DENY"
         assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+
+
+async def test_every_route_bounds_its_body(api: ApiClient) -> None:
+    acct = await api.register()
+    big = b'{"title": "' + b"a" * 70_000 + b'"}'
+    for method, path in documented_rules(api.client.app):
+        filled = path.replace("{conversation_id}", "00000000-0000-4000-8000-000000000000")
+        filled = filled.replace("{session_id}", "nope")
+        r = await api.call(
+            method, filled, data=big, token=acct.access, headers={"Content-Length": str(len(big))}
+        )
+        assert r.status == 413 and r.code == "PAYLOAD_TOO_LARGE", (method, path, r.status)
+    assert (await api.call("GET", f"{V1}/me", token=acct.access)).status == 200
