@@ -40,7 +40,8 @@ def request_started(request_id: str, trace_id: str) -> None:
         )
         if not continued:  # a new trace: its id is the request's traceId
             trace_id = g.trace_id = tracing.span_trace_id(g.span) or trace_id
-    structlog.contextvars.clear_contextvars()
+    # (a task of its own per request: binding never leaks into another request; the
+    # process-wide keys, such as a worker's index, stay)
     structlog.contextvars.bind_contextvars(requestId=request_id, traceId=trace_id)
     svc = current_app.config["PARLEY_SERVICES"]
     ip = forwarded_ip(

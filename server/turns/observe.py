@@ -24,7 +24,8 @@ class TurnObserver:
     def __init__(self, live: LiveTurn) -> None:
         reply = live.listeners[0].reply if live.listeners else None
         self.trace_id = reply.trace_id if reply is not None else None
-        structlog.contextvars.clear_contextvars()
+        # the task may have inherited a connection's keys (whoever started the start queue)
+        structlog.contextvars.unbind_contextvars("connectionId")
         structlog.contextvars.bind_contextvars(
             traceId=self.trace_id,
             requestId=reply.request_id if reply is not None else None,

@@ -21,7 +21,6 @@ log = get_logger("parley.access")
 
 
 def started(conn: Connection) -> float:
-    structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(connectionId=conn.id, userId=conn.user_id)
     return time.perf_counter()
 

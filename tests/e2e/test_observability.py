@@ -73,17 +73,26 @@ async def until_closed(ws: WsClient) -> int:
 async def scripted_session(live: LiveServer) -> dict[str, Any]:
     email = f"Obs.{uuid.uuid4().hex[:10]}@example.com"
     seen: dict[str, Any] = {"email": email.lower(), "streams": 0}
+    ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.7"
     async with httpx.AsyncClient(base_url=live.http_url, timeout=10) as http:
         r = await http.post(
             "/api/v1/auth/register",
             json={"email": email, "password": PASSWORD},
-            headers={"traceparent": f"00-{REST_TRACE}-b7ad6b7169203331-01"},
+            headers={
+                "traceparent": f"00-{REST_TRACE}-b7ad6b7169203331-01",
+                # Redis outlives runs: a fresh address keeps the per-address limits away
+                "X-Forwarded-For": ip,
+            },
         )
         assert r.status_code == 201, r.text
         body = r.json()
         seen |= {"access": body["accessToken"], "refresh": body["refreshToken"]}
         seen["user"] = body["user"]["id"]
-        r = await http.post("/api/v1/auth/login", json={"email": email, "password": "wrong one"})
+        r = await http.post(
+            "/api/v1/auth/login",
+            json={"email": email, "password": "wrong one"},
+            headers={"X-Forwarded-For": ip},
+        )
         assert r.status_code == 401
         auth = {"Authorization": f"Bearer {seen['access']}"}
         r = await http.post("/api/v1/conversations", json={"title": "obs"}, headers=auth)
