@@ -112,6 +112,9 @@ def run_worker(settings: Settings, sock: socket.socket, *, worker: int | None = 
 
     log = get_logger("parley")
 
+    if worker:  # PARLEY_JOBS_SCHEDULE runs in one process only: worker 0 (or the only one)
+        settings = settings.model_copy(update={"jobs_schedule": ""})
+
     async def main() -> None:
         svc = build_services(settings)
         app = create_app(svc)
