@@ -109,6 +109,7 @@ class BeginRequest:
     client_message_id: str
     content: str
     must_exist: bool = False  # the cache knew this messageId (see begin_turns)
+    max_turns: int | None = None  # this caller's cap on turns at once (guests: fewer)
 
 
 def begin_turn(
@@ -212,7 +213,7 @@ def begin_turns(
         if req.conversation_id in busy:
             results.append(BeginResult(BeginOutcome.BUSY))
             continue
-        if len(busy) >= max_user_turns:
+        if len(busy) >= (req.max_turns or max_user_turns):
             results.append(BeginResult(BeginOutcome.TOO_MANY))
             continue
         user_seq = last_seq[req.conversation_id] + 1

@@ -76,8 +76,11 @@ class TurnManager:
 
     # -- chat.send -----------------------------------------------------------------
 
-    async def send(self, *, user_id: str, data: ChatSend, listener: Listener) -> None:
-        """Start (or join, for a known messageId) a turn. Raises ProtocolError before any ack."""
+    async def send(
+        self, *, user_id: str, data: ChatSend, listener: Listener, max_turns: int | None = None
+    ) -> None:
+        """Start (or join, for a known messageId) a turn. Raises ProtocolError before any ack.
+        ``max_turns``: this caller's cap on turns at once, if lower than the server's."""
         received_at = time.perf_counter()
         conv_id, client_id, content = str(data.conversationId), str(data.messageId), data.content
         check = await precheck(
@@ -88,11 +91,13 @@ class TurnManager:
             client_message_id=client_id,
             content=content,
         )
-        request = BeginRequest(user_id, conv_id, client_id, content, must_exist=check.known)
+        request = BeginRequest(
+            user_id, conv_id, client_id, content, must_exist=check.known, max_turns=max_turns
+        )
         result = await self._starts.submit(
             self.nursery, PendingStart(request, listener, received_at, check.dup_key)
         )
-        err = refusal(result.outcome, self.cfg.max_turns_per_user)
+        err = refusal(result.outcome, max_turns or self.cfg.max_turns_per_user)
         if err is not None:
             raise err
         assert result.user_message is not None

@@ -45,7 +45,7 @@ class Dispatcher:
             limits={
                 "maxFrameBytes": self.cfg.max_frame_bytes,
                 "maxContentChars": self.cfg.max_content_chars,
-                "maxConcurrentTurns": self.turns.cfg.max_turns_per_user,
+                "maxConcurrentTurns": self._max_turns(conn) or self.turns.cfg.max_turns_per_user,
                 "chatSendPerMinute": self._sends_per_minute(conn),
             },
         )
@@ -65,6 +65,12 @@ class Dispatcher:
         if conn.claims.kind == "guest":
             return s.guest_chat_sends_per_minute
         return s.chat_sends_per_user_per_minute
+
+    def _max_turns(self, conn: Connection) -> int | None:
+        """Guests stream fewer turns at once (None: the server's cap)."""
+        if conn.claims.kind == "guest":
+            return min(self.svc.settings.guest_max_turns, self.turns.cfg.max_turns_per_user)
+        return None
 
     def budget(self, conn: Connection) -> FrameBudget:
         if conn.budget is None:
@@ -115,7 +121,10 @@ class Dispatcher:
                 retry_after_ms=max(1, int(retry_after * 1000)),
             )
         await self.turns.send(
-            user_id=conn.user_id, data=data, listener=Listener(conn.outbox, reply)
+            user_id=conn.user_id,
+            data=data,
+            listener=Listener(conn.outbox, reply),
+            max_turns=self._max_turns(conn),
         )
 
     async def _chat_cancel(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:

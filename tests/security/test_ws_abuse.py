@@ -14,7 +14,15 @@ from tests.support.live import LiveServer
 from tests.support.wsclient import Rest, WsClient, connect
 
 LIVE_WS_CONFIG = WsConfig(pings_per_minute=5, resumes_per_minute=3, abuse_rate_limited=4)
-LIVE_SETTINGS = {"guest_chat_sends_per_minute": 2, "guest_max_conversations": 3}
+LIVE_SETTINGS = {
+    "guest_chat_sends_per_minute": 2,
+    "guest_max_conversations": 3,
+    "sim_fault_injection": True,  # a slow answer below: [[sim:...]]
+}
+
+
+def _ip() -> str:
+    return f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.7"  # the sign-up budget
 
 
 async def registered(live: LiveServer) -> tuple[Rest, str]:
@@ -68,7 +76,7 @@ async def test_sustained_abuse_closes_4029(live: LiveServer) -> None:
 
 async def test_guests_get_fewer_sends_and_conversations(live: LiveServer) -> None:
     rest = Rest(live.http_url)
-    r = await rest.call("POST", "/api/v1/auth/guest")
+    r = await rest.call("POST", "/api/v1/auth/guest", ip=_ip())
     token = r.json()["accessToken"]
     convs = [await rest.conversation(token) for _ in range(3)]
     r = await rest.call("POST", "/api/v1/conversations", json={}, token=token)
@@ -87,3 +95,24 @@ async def test_guests_get_fewer_sends_and_conversations(live: LiveServer) -> Non
                     if frame["type"] in ("chat.done", "error"):
                         break
         assert frame["type"] == "error" and frame["data"]["code"] == "RATE_LIMITED"
+
+
+async def test_guests_stream_one_turn_at_a_time(live: LiveServer) -> None:
+    rest = Rest(live.http_url)
+    token = (await rest.call("POST", "/api/v1/auth/guest", ip=_ip())).json()["accessToken"]
+    first, second = await rest.conversation(token), await rest.conversation(token)
+    async with connect(live.ws_url, token, ready=False) as ws:
+        assert (await ws.recv())["data"]["limits"]["maxConcurrentTurns"] == 1
+        slow = "[[sim:tokens=60,tps=40]] tell me"
+        await ws.send(
+            "chat.send",
+            {"conversationId": first, "messageId": str(uuid.uuid4()), "content": slow},
+        )
+        assert (await ws.recv_type("chat.ack"))["data"]["conversationId"] == first
+        await ws.send(
+            "chat.send",
+            {"conversationId": second, "messageId": str(uuid.uuid4()), "content": "me too"},
+        )
+        err = await ws.recv_type("error")
+        assert err["data"]["code"] == "CONVERSATION_BUSY"
+        assert "at most 1" in err["data"]["message"]
