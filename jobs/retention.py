@@ -127,8 +127,10 @@ def _purge(eng: Engine, s: Settings, now: dt.datetime, report: RetentionReport) 
                 _drain(eng, report, kind, step, b)
             with eng.begin() as conn:
                 report.add("users", r.purge_user_rows(conn, uid, "user", b))
-    gone = r.deleted_messages(deleted_before)
-    _drain(eng, report, "messages", lambda c: r.delete_messages(c, gone, b), b)
+    for gone in r.deleted_messages(deleted_before):
+        _drain(
+            eng, report, "messages", functools.partial(r.delete_messages, where=gone, batch=b), b
+        )
     _drain(eng, report, "conversations", lambda c: r.purge_conversations(c, deleted_before, b), b)
     revoked_before = now - s.retention_revoked_session_days * days
     while True:

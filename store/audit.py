@@ -175,17 +175,23 @@ def event_json(row: Any) -> dict[str, Any]:
 
 
 def pseudonymise_user(conn: Connection, user_id: str) -> int:
-    """A purged user's events stay (365 days) under a pseudonym, without ip or user agent."""
+    """A purged user's events stay (365 days) under a pseudonym, without ip or user agent.
+    Each statement goes through an index (subject, actor): no scan of the whole trail."""
     c = audit_events.c
     alias = pseudonym(user_id)
-    n = 0
-    for col in (c.subject_id, c.actor_id, c.target_id):
-        n += conn.execute(
-            audit_events.update().where(col == user_id).values({col.name: alias})
-        ).rowcount
     conn.execute(
         audit_events.update()
-        .where(sa.or_(c.subject_id == alias, c.actor_id == alias))
-        .values(ip=None, user_agent=None)
+        .where(c.subject_id == user_id, c.target_id == user_id)
+        .values(target_id=alias)
     )
+    n = conn.execute(
+        audit_events.update()
+        .where(c.subject_id == user_id)
+        .values(subject_id=alias, ip=None, user_agent=None)
+    ).rowcount
+    n += conn.execute(
+        audit_events.update()
+        .where(c.actor_id == user_id)
+        .values(actor_id=alias, ip=None, user_agent=None)
+    ).rowcount
     return n

@@ -197,6 +197,10 @@ def test_retention_purges_exactly_in_batches(
         live = s.user()
         old_conv, old_ids = s.conv(live, deleted=31, n=7)
         young_conv, _ = s.conv(live, deleted=10, n=2)
+        # deleted 31 days ago, its messages never marked themselves
+        orphan_conv, _ = s.conv(live, deleted=31, n=0)
+        s.msg(orphan_conv, live, 1, "33333333-3333-4333-8333-333333333333")
+        s.msg(orphan_conv, live, 2, None)
         live_conv, _ = s.conv(live, n=0)
         s.msg(live_conv, live, 1, "11111111-1111-4111-8111-111111111111", deleted=31)
         s.msg(live_conv, live, 2, None, deleted=31)
@@ -220,8 +224,8 @@ def test_retention_purges_exactly_in_batches(
     report = run_retention(settings, now=NOW)
     assert report.counts == {
         "guests_claimed": 1,
-        "messages": 4 + 2 + 7 + 2,
-        "conversations": 2 + 1 + 1,
+        "messages": 4 + 2 + 7 + 2 + 2,
+        "conversations": 2 + 1 + 1 + 1,
         "users": 2,
         "sessions": 2 + 1 + 2,
         "refresh_history": 1 + 2 + 1,
@@ -229,11 +233,14 @@ def test_retention_purges_exactly_in_batches(
         "tombstones": 1,
     }
     assert all(0 < n <= 3 for b in report.batches.values() for n in b), report.batches
-    assert sorted(report.batches["messages"]) == [1, 2, 3, 3, 3, 3]  # 3+1, 2, then 9 = 3*3
+    # the users' 4 (3+1) and 2; then 9 marked deleted (3*3); then 2 of a deleted conversation
+    assert sorted(report.batches["messages"]) == [1, 2, 2, 3, 3, 3, 3]
     assert report.batches["audit_events"] == [3, 1]
     with engine.connect() as conn:
         assert ids(conn, users) == before["users"] - {gone_user, idle_guest}
-        assert ids(conn, conversations) == before["conversations"] - purged_convs - {old_conv}
+        assert ids(conn, conversations) == (
+            before["conversations"] - purged_convs - {old_conv, orphan_conv}
+        )
         assert young_conv in ids(conn, conversations)
         left = conn.execute(
             sa.select(messages.c.conversation_id, messages.c.seq).where(messages.c.user_id == live)
@@ -255,7 +262,7 @@ def test_retention_purges_exactly_in_batches(
         assert "a" * 64 not in tombs and "b" * 64 in tombs
         assert {tombstone_key(old_conv, m) for m in old_ids} <= tombs
         assert tombstone_key(live_conv, "11111111-1111-4111-8111-111111111111") in tombs
-        assert len(tombs) == 1 + 3 + 1 + 4 + 1  # kept "b", then per purged client id
+        assert len(tombs) == 1 + 3 + 1 + 4 + 1 + 1  # kept "b", then per purged client id
         details = conn.execute(
             sa.select(sa.text("last_result")).select_from(sa.text("job_runs"))
         ).scalar_one()
