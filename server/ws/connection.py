@@ -144,7 +144,7 @@ async def _reader(svc: Services, dispatcher: Dispatcher, conn: Connection, cfg: 
                 return
             continue
         frames.labels("in", frame.type.value).inc()
-        reply = ReplyTo(frame.request_id, frame.trace_id or new_trace_id())
+        reply = ReplyTo(frame.request_id, frame.trace_id or conn.trace_id or new_trace_id())
         session_log.frame(reply.request_id, reply.trace_id)
         try:
             await dispatcher.dispatch(conn, frame, reply)

@@ -88,6 +88,8 @@ class Connection:
     # for the session's access log line (server/ws/session_log.py): text frames' characters
     chars_in: int = 0
     chars_out: int = 0
+    # the upgrade's W3C traceparent trace id: the trace of frames that bring none
+    trace_id: str | None = None
 
     def close(self, code: int, reason: str) -> None:
         """Ask the writer to close after what is already queued (first request wins)."""

@@ -250,3 +250,32 @@ async def test_metrics_logs_and_traces_of_a_session(
     assert t.start_time <= child[0].start_time and child[0].end_time <= (t.end_time or 0)
     failed = [s for s in turns if s.attributes and s.attributes["parley.status"] == "failed"]
     assert failed and failed[0].status.status_code.name == "ERROR"
+
+
+async def test_upgrade_traceparent_is_the_trace_of_frames_without_one(live: LiveServer) -> None:
+    from trio_websocket import open_websocket_url
+
+    async with httpx.AsyncClient(base_url=live.http_url, timeout=10) as http:
+        ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.8"
+        r = await http.post("/api/v1/auth/guest", headers={"X-Forwarded-For": ip})
+        token = r.json()["accessToken"]
+        r = await http.post(
+            "/api/v1/conversations", json={}, headers={"Authorization": f"Bearer {token}"}
+        )
+        conv = r.json()["id"]
+    trace = "5" * 32
+    async with open_websocket_url(
+        live.ws_url,
+        subprotocols=["chat.v1", f"bearer.{token}"],
+        extra_headers=[("traceparent", f"00-{trace}-{'6' * 16}-01")],
+    ) as raw:
+        ws = WsClient(raw)
+        assert (await ws.recv())["type"] == "session.ready"
+        result = await ws.turn(conv, "hi")
+        assert result.ack["traceId"] == trace and result.done is not None
+        assert result.done["traceId"] == trace
+        # a frame with its own traceId keeps it
+        await ws.send_raw(
+            orjson.dumps({"type": "ping", "requestId": "p", "traceId": "7" * 32}).decode()
+        )
+        assert (await ws.recv_type("pong"))["traceId"] == "7" * 32
