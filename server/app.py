@@ -145,6 +145,7 @@ def create_app(
     async def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "SERVER_ERROR")
+        svc.metrics.count_error(REST[code].cls.value, code)  # 404 of no route, 405, 413, …
         return _error(code, exc.description or code, status, retryable=REST[code].retryable)
 
     @app.errorhandler(Exception)

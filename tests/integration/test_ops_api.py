@@ -36,3 +36,16 @@ async def test_request_id_and_traceparent(api: ApiClient) -> None:
     r2 = await api.call("GET", "/api/v1/me", headers={"traceparent": "garbage"})
     assert r2.body["error"]["traceId"] != trace and len(r2.body["error"]["traceId"]) == 32
     assert r2.headers["X-Request-Id"] != r.headers["X-Request-Id"]
+
+
+async def test_http_errors_are_counted(api: ApiClient) -> None:
+    from server.errors import REST
+
+    r = await api.call("GET", "/api/v1/no-such-route")
+    assert r.status == 404
+    r = await api.call("PUT", "/api/v1/me")
+    assert r.status == 405
+    text = (await api.call("GET", "/metrics")).body.decode()
+    for code in ("NOT_FOUND", "METHOD_NOT_ALLOWED"):
+        line = f'parley_errors_total{{class="{REST[code].cls.value}",code="{code}"}} 1.0'
+        assert line in text, line
