@@ -76,10 +76,15 @@ def _line(fmt: str, item: dict[str, Any]) -> str:
     if fmt == "ndjson":
         return orjson.dumps(item).decode() + "\n"
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(
-        ["" if item[k] is None else item[k] for k in CSV_COLUMNS]
-    )
+    csv.writer(buf, lineterminator="\n").writerow([_cell(item[k]) for k in CSV_COLUMNS])
     return buf.getvalue()
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell; one a spreadsheet would take for a formula (a user agent is the
+    client's to choose) is quoted with a leading apostrophe."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 async def audit_chunks(

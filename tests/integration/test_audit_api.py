@@ -214,6 +214,14 @@ async def test_audit_filters_pages_and_formats(api: ApiClient) -> None:
     r = await api.call("GET", f"{V1}/admin/audit?action=logout&format=csv", token=boss.access)
     rows = list(csv.DictReader(io.StringIO(r.body.decode())))
     assert [x["id"] for x in rows] == [e["id"] for e in lines]
+    # a user agent that a spreadsheet would run as a formula is defused in CSV
+    evil = await api.call(
+        "POST", f"{V1}/auth/guest", headers={"User-Agent": '=HYPERLINK("http://x")'}
+    )
+    gid = evil.body["user"]["id"]
+    r = await api.call("GET", f"{V1}/admin/audit?target={gid}&format=csv", token=boss.access)
+    row = next(csv.DictReader(io.StringIO(r.body.decode())))
+    assert row["userAgent"] == '\'=HYPERLINK("http://x")'
     # bad arguments
     for q in ("format=xml", "cursor=abc", "from=yesterday", "limit=0"):
         r = await api.call("GET", f"{V1}/admin/audit?{q}", token=boss.access)
