@@ -8,7 +8,8 @@ page CSP (``server/web.py``); nothing here overrides a header a route already se
 
 And a body bound on every route: a declared ``Content-Length`` over the app's
 ``MAX_CONTENT_LENGTH`` (64 KiB) answers 413 ``PAYLOAD_TOO_LARGE`` before any route runs,
-whether or not the route reads a body (a chunked body is bounded when read).
+whether or not the route reads a body (a chunked body is bounded when read); an answer
+that may leave a request body unread closes the connection (``Connection: close``).
 """
 
 from __future__ import annotations
@@ -40,4 +41,17 @@ def install_security_headers(app: Quart) -> None:
         for name, value in SECURITY_HEADERS.items():
             if name not in resp.headers:
                 resp.headers[name] = value
+        if _body_may_be_unread(resp):
+            resp.headers["Connection"] = "close"
         return resp
+
+
+def _body_may_be_unread(resp: Response) -> bool:
+    """A refusal (or a route that takes no body) may answer before the request's body was
+    read. Hypercorn then leaves those bytes on a keep-alive connection, and the client's
+    next request on it can go unanswered; closing the connection after such an answer
+    keeps every client's next request on a clean one."""
+    declared = (request.content_length or 0) > 0 or "Transfer-Encoding" in request.headers
+    if not declared:
+        return False
+    return resp.status_code >= 400 or request.method in ("GET", "HEAD", "DELETE", "OPTIONS")
