@@ -46,11 +46,13 @@ async def handle_websocket(
         return
     dispatcher = Dispatcher(svc, turns, cfg)
     started = session_log.started(conn)
+    # session.ready is the first frame: queued before the connection is in the hub, where
+    # a drain (server.draining) or a revocation could reach it
+    conn.outbox.push_frame(dispatcher.ready_frame(conn, ReplyTo.unsolicited()))
     hub.add(conn)
     svc.metrics.ws_connections.inc()
     try:
         await note_activity(svc, conn.user_id)
-        conn.outbox.push_frame(dispatcher.ready_frame(conn, ReplyTo.unsolicited()))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_writer, svc, load, conn, cfg, nursery.cancel_scope)

@@ -96,3 +96,40 @@ async def test_drain_sequence(
         assert len(row.content.split()) == done[0]["data"]["lastChunk"] + 1
     finally:
         await trio.to_thread.run_sync(server.stop)
+
+
+async def test_session_ready_is_first_even_when_a_drain_starts_during_the_handshake(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    fast_passwords: PasswordService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by benchmarks/rolling_upgrade.py: a socket admitted just as its instance began
+    to drain got server.draining before session.ready."""
+    import threading
+
+    import server.ws.connection as ws_connection
+
+    settings = make_settings("sqlite", request, tmp_path, drain_seconds=0.2)
+    server = LiveServer(settings, fast_passwords).start()
+    try:
+        token = (await Rest(server.http_url).register())["accessToken"]
+        inside, release = threading.Event(), threading.Event()
+        real = ws_connection.note_activity
+
+        async def slow_activity(svc: object, user_id: str) -> None:
+            inside.set()  # the socket is admitted; the handshake's last await is here
+            await trio.to_thread.run_sync(release.wait)
+            await real(svc, user_id)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ws_connection, "note_activity", slow_activity)
+        async with connect(server.ws_url, token, ready=False) as ws, trio.open_nursery() as n:
+            await trio.to_thread.run_sync(inside.wait)
+            n.start_soon(trio.to_thread.run_sync, server.drain)
+            await trio.sleep(0.2)  # server.draining is queued meanwhile
+            release.set()
+            first = await ws.recv()
+            assert first["type"] == "session.ready"
+            assert (await ws.recv())["type"] == "server.draining"
+    finally:
+        await trio.to_thread.run_sync(server.stop)
