@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "statuses": statuses,
         "reconnects": sum(ch.out.reconnects for ch in chatters),
         "resets": sum(ch.out.resets for ch in chatters),
+        "failure_kinds": dict(Counter(f[:60] for f in failures).most_common(10)),
         "failures": failures[:20],
         "steps": steps,
     }
