@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
