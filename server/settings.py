@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     guest_max_turns: int = Field(1, ge=1)
     guest_max_conversations: int = Field(20, ge=1)
     max_conversations_per_user: int = Field(1000, ge=1)
+    # What a user may keep (message text), then chat.send answers PAYLOAD_TOO_LARGE;
+    # measured at most once a minute per user (server/ws/dispatch.py)
+    max_stored_bytes_per_user: int = Field(100 * 1024 * 1024, ge=1024)
+    guest_max_stored_bytes: int = Field(5 * 1024 * 1024, ge=1024)
 
     log_level: str = "INFO"
     log_json: bool | None = None  # empty: JSON lines, or readable ones on a terminal

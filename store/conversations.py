@@ -25,6 +25,7 @@ __all__ = [
     "rename_conversation",
     "soft_delete_all_for_user",
     "soft_delete_conversation",
+    "stored_bytes",
 ]
 
 
@@ -51,6 +52,21 @@ def count_conversations(conn: Connection, user_id: str) -> int:
     """The user's conversations not deleted (the per-user cap counts these)."""
     q = sa.select(sa.func.count()).where(
         conversations.c.user_id == user_id, conversations.c.deleted_at.is_(None)
+    )
+    return int(conn.execute(q).scalar_one())
+
+
+def stored_bytes(conn: Connection, user_id: str) -> int:
+    """About how much the user keeps: the length of every live message's content (bytes on
+    MySQL, characters on SQLite); the per-user quota compares it."""
+    q = (
+        sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(messages.c.content)), 0))
+        .select_from(messages.join(conversations, conversations.c.id == messages.c.conversation_id))
+        .where(
+            conversations.c.user_id == user_id,
+            conversations.c.deleted_at.is_(None),
+            messages.c.deleted_at.is_(None),
+        )
     )
     return int(conn.execute(q).scalar_one())
 

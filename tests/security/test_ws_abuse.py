@@ -18,6 +18,7 @@ LIVE_SETTINGS = {
     "guest_chat_sends_per_minute": 2,
     "guest_max_conversations": 3,
     "sim_fault_injection": True,  # a slow answer below: [[sim:...]]
+    "guest_max_stored_bytes": 2048,
 }
 
 
@@ -116,3 +117,20 @@ async def test_guests_stream_one_turn_at_a_time(live: LiveServer) -> None:
         err = await ws.recv_type("error")
         assert err["data"]["code"] == "CONVERSATION_BUSY"
         assert "at most 1" in err["data"]["message"]
+
+
+async def test_what_a_user_keeps_is_capped(live: LiveServer) -> None:
+    rest = Rest(live.http_url)
+    guest = (await rest.call("POST", "/api/v1/auth/guest", ip=_ip())).json()
+    token, user_id = guest["accessToken"], guest["user"]["id"]
+    conv = await rest.conversation(token)
+    async with connect(live.ws_url, token) as ws:
+        first = await ws.turn(conv, "x" * 2100)
+        assert first.done is not None
+        assert live.svc is not None
+        # the figure is measured at most once a minute: forget it, as a minute would
+        await trio.to_thread.run_sync(live.run_async, live.svc.cache.delete, f"quota:{user_id}")
+        second = await ws.turn(conv, "one more")
+    err = second.errors[0]["data"]
+    assert err["code"] == "PAYLOAD_TOO_LARGE" and "delete conversations" in err["message"]
+    assert len(await rest.history(token, conv)) == 2  # nothing stored by the refusal
