@@ -137,3 +137,10 @@ def test_cron_example() -> None:
         assert m, line
         jobs.append(m.group(1))
     assert sorted(jobs) == sorted(JOBS)
+
+
+def test_prometheus_operator_rule_is_the_same() -> None:
+    plain = yaml.safe_load((PROM / "parley-alerts.yaml").read_text())
+    crd = yaml.safe_load((ROOT / "deploy" / "k8s" / "prometheusrule.yaml").read_text())
+    assert crd["kind"] == "PrometheusRule" and crd["metadata"]["name"] == "parley"
+    assert crd["spec"]["groups"] == plain["groups"]
