@@ -17,6 +17,7 @@ transaction each. A lease in ``job_runs`` keeps a second instance out (it report
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import secrets
@@ -32,6 +33,8 @@ from store.db import create_db_engine, utcnow
 from store.jobruns import job_lock, release_lock
 
 __all__ = ["KINDS", "RetentionReport", "job_lock", "release_lock", "run_retention"]
+
+RENEW_EVERY = 50  # statements between renewals of the 10-minute lease
 
 KINDS = (
     "guests_claimed",
@@ -51,6 +54,8 @@ class RetentionReport:
     batches: dict[str, list[int]] = field(default_factory=dict)
     skipped: bool = False
     seconds: float = 0.0
+    owner: str = ""  # this run's lease holder id
+    statements: int = 0
 
     def add(self, kind: str, n: int) -> None:
         self.counts[kind] += n
@@ -76,6 +81,11 @@ def _drain(
         with engine.begin() as conn:
             n = step(conn)
         report.add(kind, n)
+        report.statements += 1
+        if report.statements % RENEW_EVERY == 0 and not job_lock(
+            engine, "retention", report.owner, utcnow()
+        ):
+            raise RuntimeError("the retention lease was lost to another instance")
         if n < batch:
             return
 
@@ -88,7 +98,7 @@ def run_retention(
     own = engine is None
     eng = engine or create_db_engine(settings.database_url, pool_size=1)
     owner = secrets.token_hex(8)
-    report = RetentionReport()
+    report = RetentionReport(owner=owner)
     try:
         now = now or utcnow()
         if not job_lock(eng, "retention", owner, now):
@@ -99,7 +109,8 @@ def run_retention(
         release_lock(eng, "retention", owner, report.counts)
         return report
     except BaseException:
-        release_lock(eng, "retention", owner, None)
+        with contextlib.suppress(Exception):  # the database may be what failed
+            release_lock(eng, "retention", owner, None)
         raise
     finally:
         if own:

@@ -55,14 +55,20 @@ async def run_now(svc: Services, job: str) -> str | None:
         if job == "retention":
             from jobs.retention import run_retention
 
-            report = await trio.to_thread.run_sync(run_retention, svc.settings)
+            # abandoned on shutdown: a drain never waits for a job (a cut retention batch
+            # rolls back; its lease expires in 10 minutes)
+            report = await trio.to_thread.run_sync(
+                run_retention, svc.settings, abandon_on_cancel=True
+            )
             for kind, n in report.counts.items():
                 if n:
                     m.retention_purged.labels(kind).inc(n)
             line = report.line()
             m.job_runs.labels(job, "skipped" if report.skipped else "ok").inc()
         else:
-            line = await trio.to_thread.run_sync(run_once, job, svc.settings)
+            line = await trio.to_thread.run_sync(
+                run_once, job, svc.settings, abandon_on_cancel=True
+            )
             m.job_runs.labels(job, "ok").inc()
     except Exception as exc:
         m.job_runs.labels(job, "failed").inc()

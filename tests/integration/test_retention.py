@@ -296,3 +296,43 @@ def test_retention_purges_exactly_in_batches(
     assert skipped.skipped and "skipped" in skipped.line()
     release_lock(engine, "retention", "other-instance", None)
     engine.dispose()
+
+
+def test_the_lease_is_renewed_and_a_lost_lease_stops_the_run(
+    fresh_url: str,
+    backend: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jobs.retention as job
+
+    settings = make_settings(
+        backend, request, tmp_path, database_url=fresh_url, retention_batch_size=2
+    )
+    engine = create_db_engine(fresh_url, pool_size=2)
+    with engine.begin() as conn:
+        uid = Seed(conn).user()
+        for _ in range(5):
+            Seed(conn).event(uid, 400)
+    monkeypatch.setattr(job, "RENEW_EVERY", 1)
+    report = run_retention(settings, now=NOW)
+    assert report.counts["audit_events"] == 5 and report.batches["audit_events"] == [2, 2, 1]
+    assert report.statements >= 3
+    with engine.begin() as conn:
+        for _ in range(5):
+            Seed(conn).event(uid, 400)
+    real = job.job_lock
+    calls: list[str] = []
+
+    def lose_on_renewal(eng: object, name: str, owner: str, now: dt.datetime) -> bool:
+        calls.append(owner)
+        return real(eng, name, owner, now) if len(calls) == 1 else False  # type: ignore[arg-type]
+
+    monkeypatch.setattr(job, "job_lock", lose_on_renewal)
+    with pytest.raises(RuntimeError, match="lease was lost"):
+        run_retention(settings, now=NOW)
+    with engine.connect() as conn:  # it stopped at the first renewal, and let the lease go
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit_events)).scalar_one() == 5
+        assert conn.execute(sa.text("SELECT lock_owner FROM job_runs")).scalar_one() is None
+    engine.dispose()
