@@ -27,7 +27,11 @@ def _client(live: LiveServer) -> httpx.Client:
 
 def _account(http: httpx.Client) -> tuple[str, dict[str, str]]:
     email = f"hostile-{uuid.uuid4().hex[:10]}@example.com"
-    r = http.post("/api/v1/auth/register", json={"email": email, "password": "hostile pass 1"})
+    r = http.post(
+        "/api/v1/auth/register",
+        json={"email": email, "password": "hostile pass 1"},
+        headers={"X-Forwarded-For": f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.5"},
+    )
     assert r.status_code == 201
     return email, {"Authorization": f"Bearer {r.json()['accessToken']}"}
 
