@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
+import orjson
 from quart import Blueprint, Response, request
 
 from server.api.common import require_principal, services
@@ -58,21 +59,19 @@ def _time_arg(name: str) -> dt.datetime | None:
 
 def _cursor() -> int:
     raw = request.args.get("cursor") or "0"
-    if not raw.isdigit() or len(raw) > 19:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError("VALIDATION_FAILED", "cursor: not a cursor from this server")
     return int(raw)
 
 
 def _limit() -> int:
     raw = request.args.get("limit") or str(DEFAULT_LIMIT)
-    if not raw.isdigit() or not 1 <= int(raw) <= PAGE:
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 6) or not 1 <= int(raw) <= PAGE:
         raise ApiError("VALIDATION_FAILED", f"limit: between 1 and {PAGE}")
     return int(raw)
 
 
 def _line(fmt: str, item: dict[str, Any]) -> str:
-    import orjson
-
     if fmt == "ndjson":
         return orjson.dumps(item).decode() + "\n"
     buf = io.StringIO()

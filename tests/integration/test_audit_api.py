@@ -223,7 +223,14 @@ async def test_audit_filters_pages_and_formats(api: ApiClient) -> None:
     row = next(csv.DictReader(io.StringIO(r.body.decode())))
     assert row["userAgent"] == '\'=HYPERLINK("http://x")'
     # bad arguments
-    for q in ("format=xml", "cursor=abc", "from=yesterday", "limit=0"):
+    for q in (
+        "format=xml",
+        "cursor=abc",
+        "cursor=%C2%B2",
+        "from=yesterday",
+        "limit=0",
+        "limit=%C2%B2",
+    ):
         r = await api.call("GET", f"{V1}/admin/audit?{q}", token=boss.access)
         assert r.status == 400, q
     # every read was audited, with its query
