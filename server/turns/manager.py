@@ -17,6 +17,7 @@ from protocol.frames import ChatResume, ChatSend
 from protocol.turn import Turn
 from server.services import Services
 from server.turns.config import TurnConfig
+from server.turns.follow import Followers
 from server.turns.generation import Generation
 from server.turns.live import Listener, LiveTurn, OutboxLike, Upstream
 from server.turns.relay import Relay
@@ -49,7 +50,10 @@ class TurnManager:
         self.relay = Relay(svc, self.cfg, self.live, enabled=enabled)
         self.sweeper = Sweeper(svc, self.cfg, self.live)
         self.generation = Generation(svc, upstream, self.cfg, self.live, self.relay)
-        self.replay = Replay(svc, self.cfg, self.live, self.relay, lambda: self.nursery)
+        self.followers = Followers(svc, self.cfg)
+        self.replay = Replay(
+            svc, self.cfg, self.live, self.relay, self.followers, lambda: self.nursery
+        )
         self._starts = StartQueue(
             svc,
             max_user_turns=self.cfg.max_turns_per_user,
@@ -176,4 +180,4 @@ class TurnManager:
         """A connection closed: stop sending it frames (the turns go on)."""
         for live in self.live.values():
             live.detach(outbox)
-        self.relay.stop_following(outbox)
+        self.followers.stop_following(outbox)

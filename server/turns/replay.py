@@ -18,6 +18,7 @@ from protocol.outgoing import StreamDelta
 from protocol.resume import InFlight, Reset, StoredRef, plan_resume
 from server.services import Services
 from server.turns.config import TurnConfig
+from server.turns.follow import Followers
 from server.turns.live import Listener, LiveTurn, stored_chunks, stored_done
 from server.turns.relay import Relay, Snapshot
 from store import messages as store_messages
@@ -33,12 +34,14 @@ class Replay:
         cfg: TurnConfig,
         live: dict[str, LiveTurn],
         relay: Relay,
+        followers: Followers,
         nursery: Callable[[], trio.Nursery],
     ) -> None:
         self.svc = svc
         self.cfg = cfg
         self.live = live
         self.relay = relay
+        self.followers = followers
         self._nursery = nursery
 
     def _live(self, conversation_id: str) -> LiveTurn | None:
@@ -92,7 +95,7 @@ class Replay:
         )
         if assistant.status == MessageStatus.STREAMING:
             # Live on another instance: join it there, from its first chunk.
-            await self._nursery().start(self.relay.follow, listener, assistant, _from_start)
+            await self._nursery().start(self.followers.follow, listener, assistant, _from_start)
             return
         self.replay_stored(assistant, listener)
 
@@ -230,7 +233,7 @@ class Replay:
             self._resumed(conv_id, listener, replayed=replayed, live=True, reset=False)
             return len(snap.deltas)
 
-        await self._nursery().start(self.relay.follow, listener, row, on_snapshot)
+        await self._nursery().start(self.followers.follow, listener, row, on_snapshot)
 
     def _resumed(
         self, conv_id: str, listener: Listener, *, replayed: int, live: bool, reset: bool

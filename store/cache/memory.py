@@ -1,5 +1,8 @@
 """In-process cache/broker for a single Parley instance.
 
+Over 400 lines: one engine per file, method for method beside ``redis.py`` and the
+``base.py`` interface, so the two implementations can be read side by side.
+
 State is a dict; expiry uses a monotonic clock. Expired keys are removed
 lazily when touched, and a min-heap of expiry times is swept on every write,
 so keys that are never read again cannot accumulate. Every operation runs to

@@ -38,7 +38,7 @@ def record(seq: int, role: str) -> MessageRecord:
 
 
 def manager(system_prompt: str) -> Generation:
-    svc: Any = SimpleNamespace()
+    svc: Any = SimpleNamespace(instance_id="test")
     upstream: Any = SimpleNamespace()
     cfg = TurnConfig(system_prompt=system_prompt)
     return Generation(svc, upstream, cfg, {}, Relay(svc, cfg, {}, enabled=False))
