@@ -52,9 +52,11 @@ def machine() -> dict[str, object]:
 @contextlib.contextmanager
 def cluster(size: int, env: Mapping[str, str]) -> Iterator[Cluster]:
     """``size`` started instances on a fresh database and a Redis of their own; all of it
-    is stopped and dropped at the end."""
+    is stopped and dropped at the end. ``PARLEY_BENCH_WORKDIR``: a folder to keep their
+    logs in."""
+    keep = os.environ.get("PARLEY_BENCH_WORKDIR")  # keep the instances' logs there
     with (
-        tempfile.TemporaryDirectory() as tmp,
+        contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory() as tmp,
         fresh_database() as url,
         RedisServer(Path(tmp)) as redis,
         Cluster(size, database_url=url, redis_url=redis.url, workdir=Path(tmp), env=env) as c,
