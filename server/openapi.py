@@ -128,8 +128,17 @@ class Operation:
     auth: bool = True
     query: dict[str, str] = field(default_factory=dict)  # name -> JSON type
     media: str = "application/json"
+    # OpenAPI links from this answer: name -> (operationId, {parameter: runtime expression})
+    links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
 
+_CONV_ID = {"conversation_id": "$response.body#/id"}
+_CONV_LINKS = {
+    "read": ("get_api_v1_conversations_conversation_id", _CONV_ID),
+    "rename": ("patch_api_v1_conversations_conversation_id", _CONV_ID),
+    "history": ("get_api_v1_conversations_conversation_id_messages", _CONV_ID),
+    "delete": ("delete_api_v1_conversations_conversation_id", _CONV_ID),
+}
 _CONV_QUERY = {"limit": "integer", "cursor": "string"}
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/v1/auth/register"): Operation(
@@ -157,7 +166,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", "/api/v1/me"): Operation("Delete the account", 204),
     ("GET", "/api/v1/me/export"): Operation("Export the caller's data", 200, AnyObject),
     ("POST", "/api/v1/conversations"): Operation(
-        "New conversation", 201, Conversation, NewConversation, body_required=False
+        "New conversation",
+        201,
+        Conversation,
+        NewConversation,
+        body_required=False,
+        links=_CONV_LINKS,
     ),
     ("GET", "/api/v1/conversations"): Operation(
         "Conversations, newest first", 200, ConversationList, query=_CONV_QUERY
@@ -228,6 +242,11 @@ def _operation(method: str, path: str, op: Operation | None) -> dict[str, Any]:
     op = op or Operation(f"{method} {path}", 200, AnyObject)
     error = {"description": "an error", "content": {"application/json": {"schema": _ref(Error)}}}
     ok: dict[str, Any] = {"description": op.summary}
+    if op.links:
+        ok["links"] = {
+            name: {"operationId": target, "parameters": params}
+            for name, (target, params) in op.links.items()
+        }
     if op.answer is not None:
         ok["content"] = {op.media: {"schema": _ref(op.answer)}}
     elif op.status != 204:

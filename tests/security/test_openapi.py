@@ -30,6 +30,10 @@ async def test_the_document_is_served_and_covers_every_route(api: ApiClient) -> 
     assert {"Registration", "Credentials", "User", "AuthAnswer", "Error"} <= set(schemas)
     # request bodies are the models that validate them: unknown fields refused
     assert schemas["Registration"]["additionalProperties"] is False
+    # links (conversation → read, rename, history, delete) name operations that exist
+    ids = {op["operationId"] for ops in doc["paths"].values() for op in ops.values()}
+    links = doc["paths"][f"{V1}/conversations"]["post"]["responses"]["201"]["links"]
+    assert len(links) == 4 and {link["operationId"] for link in links.values()} <= ids
 
 
 async def test_security_headers_on_every_http_answer(api: ApiClient) -> None:

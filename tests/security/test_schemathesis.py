@@ -37,7 +37,11 @@ CHECKS = ",".join(
 ENDS_THE_CALLER = r"^/api/v1/(auth/logout|auth/logout-all|me)$"
 
 
-def _run(live: LiveServer, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    live: LiveServer, tmp: Path, *extra: str, phases: str = "examples,coverage,fuzzing,stateful"
+) -> subprocess.CompletedProcess[str]:
+    """Stateful: the document's links (POST /conversations → read, rename, history,
+    delete) drive sequences with the new conversation's id."""
     cli = Path(sys.executable).parent / "schemathesis"
     return subprocess.run(
         [
@@ -51,7 +55,7 @@ def _run(live: LiveServer, tmp: Path, *extra: str) -> subprocess.CompletedProces
             "--workers",
             "1",
             "--phases",
-            "examples,coverage,fuzzing",
+            phases,
             "--request-timeout",
             "10",
             "--suppress-health-check",
@@ -99,6 +103,8 @@ def test_schemathesis_against_the_live_server(live: LiveServer, tmp_path: Path) 
         ENDS_THE_CALLER,
     )
     assert writes.returncode == 0, writes.stdout[-6000:]
-    anonymous = _run(live, tmp_path, "--include-path-regex", ENDS_THE_CALLER)
+    anonymous = _run(
+        live, tmp_path, "--include-path-regex", ENDS_THE_CALLER, phases="examples,coverage,fuzzing"
+    )
     assert anonymous.returncode == 0, anonymous.stdout[-6000:]
     assert httpx.get(f"{live.http_url}/healthz").status_code == 200
