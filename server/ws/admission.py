@@ -16,6 +16,7 @@ from quart import abort, websocket
 from protocol.close_codes import CloseCode, close_reason
 from protocol.errors import AUTH_CLOSE_CODES, ErrorCode, ProtocolError
 from server.auth.identity import Principal, authenticate
+from server.errors import ApiError
 from server.health import ALIVE_PREFIX
 from server.logging import get_logger
 from server.net import forwarded_ip
@@ -69,13 +70,17 @@ async def _refuse_before_upgrade(svc: Services) -> None:
             f"(with '{BEARER_PREFIX}<access token>' beside it)",
         )
     try:
-        allowed, _retry = await svc.cache.hit_rate(
+        allowed, retry = await svc.cache.hit_rate(
             f"rl:wsup:{_client_ip(svc)}", svc.settings.ws_upgrades_per_ip_per_hour, 3600
         )
     except CacheError:
-        allowed = True
-    if not allowed:
-        abort(429, "too many WebSocket upgrades from this address; retry later")
+        allowed, retry = True, 0.0
+    if not allowed:  # 429 with Retry-After, like every REST limit
+        raise ApiError(
+            "RATE_LIMITED",
+            "too many WebSocket upgrades from this address; retry later",
+            retry_after=max(1.0, retry),
+        )
 
 
 def presence_key(user_id: str) -> str:

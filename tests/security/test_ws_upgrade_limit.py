@@ -32,6 +32,8 @@ async def test_upgrades_per_ip_are_limited(live: LiveServer) -> None:
             pass
     assert rejected.value.status_code == 429
     assert b"too many WebSocket upgrades" in (rejected.value.body or b"")
+    headers = {k.decode().lower(): v.decode() for k, v in rejected.value.headers}
+    assert 1 <= int(headers["retry-after"]) <= 3600
     async with open_websocket_url(  # another address is not affected
         live.ws_url, subprotocols=protos, extra_headers=[("X-Forwarded-For", other)]
     ) as ws:
