@@ -13,9 +13,9 @@ MariaDB is the truth; the cache/broker carries only what is in flight:
   someone on another instance follows the turn (it asks on ``CONTROL_CHANNEL``), the end
   always. The owner batches: one pipeline per flush for all its turns, not a round trip
   per token.
-- A follower (``follow.py``) subscribes to the channel first, then reads the list, then goes on live,
-  merging by chunk number: nothing missed, nothing repeated at the seam; a gap (a
-  dropped pub/sub message) is filled from the list again.
+- A follower (``follow.py``) subscribes to the channel first, then reads the list, then
+  goes on live, merging by chunk number: nothing missed, nothing repeated at the seam; a
+  gap (a dropped pub/sub message) is filled from the list again.
 - The sweeper (``sweeper.py``) finishes, on any instance, the turns whose lease is gone.
 
 With the in-process engine (one process) none of this runs: the process owns every

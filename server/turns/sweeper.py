@@ -10,6 +10,7 @@ this safe on every instance at once: one of them finishes it, the others change 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 
 import orjson
 import trio
@@ -22,6 +23,7 @@ from server.turns.live import LiveTurn
 from server.turns.relay import end_payload, lease_key, queue_end, read_snapshot, stream_key
 from store import messages as store_messages
 from store.cache import CacheError
+from store.db import utcnow
 from store.records import MessageRecord
 
 __all__ = ["Sweeper"]
@@ -55,7 +57,14 @@ class Sweeper:
             self._suspects = set()
             return 0
         leases = await self.svc.cache.get_many([lease_key(r.id) for r in rows])
-        orphans = {r.id for r, lease in zip(rows, leases, strict=True) if lease is None}
+        # No lease, and no checkpoint for a lease's time either: an owner that is alive
+        # but slow to renew (a loaded cache) still checkpoints its growing text.
+        quiet_since = utcnow() - dt.timedelta(seconds=self.cfg.lease_ttl)
+        orphans = {
+            r.id
+            for r, lease in zip(rows, leases, strict=True)
+            if lease is None and r.updated_at <= quiet_since
+        }
         confirmed = orphans & self._suspects
         self._suspects = orphans - confirmed
         for mid in self._suspects:

@@ -52,12 +52,14 @@ async def handle_websocket(
     hub.add(conn)
     svc.metrics.ws_connections.inc()
     try:
-        await note_activity(svc, conn.user_id)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_writer, svc, load, conn, cfg, nursery.cancel_scope)
                 nursery.start_soon(_reader, svc, dispatcher, conn, cfg)
                 nursery.start_soon(_close_watchdog, conn, nursery.cancel_scope)
+                # bookkeeping beside the connection: a slow cache or database must not
+                # hold up session.ready or the client's first frames
+                nursery.start_soon(_note_activity, svc, conn.user_id)
         except Exception:
             log.exception("ws_connection_failed", userId=conn.user_id, connectionId=conn.id)
             svc.metrics.ws_dropped.labels("server_error").inc()
@@ -74,6 +76,11 @@ async def handle_websocket(
                 presence_key(conn.user_id), presence_member(svc, conn.id)
             )
         session_log.ended(conn, started)
+
+
+async def _note_activity(svc: Services, user_id: str) -> None:
+    with suppress(Exception):
+        await note_activity(svc, user_id)
 
 
 async def _writer(
