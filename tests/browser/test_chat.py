@@ -4,8 +4,10 @@ errors, accessibility. One `parley serve` for the module; each test makes its ow
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import expect
@@ -237,8 +239,12 @@ def test_account_sign_out_everywhere_and_delete(served: Served, pages: Pages) ->
     second.get_by_role("link", name="Account", exact=True).click()
     second.get_by_role("heading", name="Where you are signed in").wait_for()
     expect(second.locator(".sessions li")).to_have_count(2)
-    # the export is not served yet (404/405): its button stays hidden
-    assert second.get_by_role("button", name="Download my data").count() == 0
+    # the export (GET /api/v1/me/export) is served: its button shows and downloads it
+    with second.expect_download() as download:
+        second.get_by_role("button", name="Download my data").click()
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert {"user", "sessions", "conversations", "auditEvents", "exportedAt"} <= set(exported)
+    assert exported["user"]["email"] == email
     second.get_by_role("button", name="Sign out everywhere").click()
     second.wait_for_url(re.compile(r".*/sign-in$"))
     first.wait_for_url(re.compile(r".*/sign-in$"), timeout=15_000)
