@@ -10,6 +10,7 @@ instance's cap (1013) and the user's cap (4504).
 from __future__ import annotations
 
 import uuid
+from typing import NoReturn
 
 from quart import abort, websocket
 
@@ -21,6 +22,7 @@ from server.health import ALIVE_PREFIX
 from server.logging import get_logger
 from server.net import forwarded_ip
 from server.services import Services
+from server.ws import session_log
 from server.ws.heartbeat import SCOPE_KEY
 from server.ws.hub import Hub
 from server.ws.outbox import Outbox
@@ -55,16 +57,16 @@ def _client_ip(svc: Services) -> str:
 async def _refuse_before_upgrade(svc: Services) -> None:
     """HTTP refusals: they happen before the upgrade, as plain HTTP answers."""
     if svc.draining.is_set():
-        abort(503, "this server is draining; reconnect to another instance")
+        _refuse(503, "this server is draining; reconnect to another instance")
     origin = websocket.headers.get("Origin")
     if origin is not None and origin.rstrip("/") not in svc.settings.origins:
-        abort(
+        _refuse(
             403,
             f"WebSocket origin {origin[:200]!r} is not allowed; "
             "the server's operator can add it to PARLEY_ALLOWED_ORIGINS",
         )
     if SUBPROTOCOL not in websocket.requested_subprotocols:
-        abort(
+        _refuse(
             400,
             f"offer the WebSocket subprotocol {SUBPROTOCOL!r} "
             f"(with '{BEARER_PREFIX}<access token>' beside it)",
@@ -76,6 +78,7 @@ async def _refuse_before_upgrade(svc: Services) -> None:
     except CacheError:
         allowed, retry = True, 0.0
     if not allowed:  # 429 with Retry-After, like every REST limit
+        session_log.refused(status=429, reason="RATE_LIMITED")
         raise ApiError(
             "RATE_LIMITED",
             "too many WebSocket upgrades from this address; retry later",
@@ -115,7 +118,14 @@ async def _over_user_cap(
 
 async def _close(svc: Services, code: CloseCode, reason: str, dropped: str) -> None:
     svc.metrics.ws_dropped.labels(dropped).inc()
+    session_log.refused(close_code=int(code), reason=reason)
     await websocket.close(int(code), reason)
+
+
+def _refuse(status: int, message: str) -> NoReturn:
+    """Refuse the upgrade with a plain HTTP answer (``message`` says what to change)."""
+    session_log.refused(status=status, reason=message)
+    abort(status, message)
 
 
 async def admit(svc: Services, hub: Hub, cfg: WsConfig) -> Connection | None:

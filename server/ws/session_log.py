@@ -3,7 +3,8 @@
 :func:`started` binds ``connectionId`` and ``userId`` (and the upgrade's ``traceId``) for
 every event the connection's tasks log; :func:`frame` binds each client frame's
 ``requestId`` and ``traceId`` while the reader handles it; :func:`ended` writes one
-``ws_session`` line: close code, duration, frames' characters in and out.
+``ws_session`` line: close code, duration, frames' characters in and out; :func:`refused`
+one ``ws_refused`` line for an upgrade refused before it became a session.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from quart import websocket
 from server.logging import get_logger
 from server.ws.state import Connection
 
-__all__ = ["ended", "frame", "started"]
+__all__ = ["ended", "frame", "refused", "started"]
 
 log = get_logger("parley.access")
 
@@ -49,3 +50,9 @@ def ended(conn: Connection, started_at: float) -> None:
         charsIn=conn.chars_in,
         charsOut=conn.chars_out,
     )
+
+
+def refused(*, status: int | None = None, close_code: int | None = None, reason: str) -> None:
+    """One access line for an upgrade that never became a session: refused over HTTP
+    (``status``) or accepted and closed at once (``close_code``), and why."""
+    log.info("ws_refused", route="/ws", status=status, closeCode=close_code, reason=reason)

@@ -279,3 +279,34 @@ async def test_upgrade_traceparent_is_the_trace_of_frames_without_one(live: Live
             orjson.dumps({"type": "ping", "requestId": "p", "traceId": "7" * 32}).decode()
         )
         assert (await ws.recv_type("pong"))["traceId"] == "7" * 32
+
+
+async def test_refused_upgrades_have_their_access_line(
+    live: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An upgrade that never becomes a session still leaves one line: refused over HTTP
+    (its status) or accepted and closed at once (its close code), and why; no token."""
+    from trio_websocket import ConnectionRejected, open_websocket_url
+
+    configure_logging("INFO", json=True)
+    capsys.readouterr()
+    with pytest.raises(ConnectionRejected):
+        async with open_websocket_url(live.ws_url, subprotocols=["chat.v2"]):
+            pass
+    with pytest.raises(ConnectionRejected):
+        async with connect(live.ws_url, "x", origin="https://evil.example"):
+            pass
+    secret = "garbage-token-" + uuid.uuid4().hex
+    with pytest.raises(ConnectionClosed):
+        async with connect(live.ws_url, secret, ready=False) as ws:
+            await ws.recv()
+    await trio.sleep(0.2)
+    out = capsys.readouterr().out
+    refused = [json.loads(line) for line in out.splitlines() if '"ws_refused"' in line]
+    assert [(e["status"], e["closeCode"]) for e in refused] == [
+        (400, None),
+        (403, None),
+        (None, 4500),
+    ]
+    assert "chat.v1" in refused[0]["reason"] and "PARLEY_ALLOWED_ORIGINS" in refused[1]["reason"]
+    assert refused[2]["reason"] == "AUTH_INVALID" and secret not in out
