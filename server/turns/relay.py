@@ -150,6 +150,9 @@ class Relay:
         self.instance = svc.instance_id
         self._pending: dict[str, _Pending] = {}
         self._wake = trio.Event()
+        # One send at a time: a turn's end goes out after any flush of its deltas in flight
+        # (and after their retry, if that flush failed), never before them.
+        self._sending = trio.Lock()
 
     # -- the owner's side ------------------------------------------------------------
 
@@ -193,24 +196,28 @@ class Relay:
                 next_renew = trio.current_time() + self.cfg.lease_renew
             if not self._pending and not (renew and self.live):
                 continue
-            pending, self._pending = self._pending, {}
-            pipe = self.svc.cache.pipeline()
-            for p in pending.values():
-                self._queue_pending(pipe, p)
-            if renew:
-                for live in self.live.values():
-                    pipe.set(lease_key(live.message_id), self.instance, ttl=self.cfg.lease_ttl)
-            try:
-                await pipe.execute()
-            except CacheError:
-                # Kept for the next flush, ahead of what came meanwhile: the buffer stays
-                # whole once the cache answers again (a turn's deltas are bounded).
-                log.warning("relay_flush_failed", turns=len(pending))
-                for mid, p in pending.items():
-                    later = self._pending.get(mid)
-                    if later is not None:
-                        p.texts.extend(later.texts)
-                    self._pending[mid] = p
+            async with self._sending:
+                await self._flush(renew)
+
+    async def _flush(self, renew: bool) -> None:
+        pending, self._pending = self._pending, {}
+        pipe = self.svc.cache.pipeline()
+        for p in pending.values():
+            self._queue_pending(pipe, p)
+        if renew:
+            for live in self.live.values():
+                pipe.set(lease_key(live.message_id), self.instance, ttl=self.cfg.lease_ttl)
+        try:
+            await pipe.execute()
+        except CacheError:
+            # Kept for the next flush, ahead of what came meanwhile: the buffer stays
+            # whole once the cache answers again (a turn's deltas are bounded).
+            log.warning("relay_flush_failed", turns=len(pending))
+            for mid, p in pending.items():
+                later = self._pending.get(mid)
+                if later is not None:
+                    p.texts.extend(later.texts)
+                self._pending[mid] = p
 
     def lease(self, pipe: CachePipeline, live: LiveTurn) -> None:
         """Queue the turn's lease on a pipeline the caller sends (the turn's start)."""
@@ -222,17 +229,18 @@ class Relay:
         follower; the lease goes, the buffer lingers a while for late resumes."""
         if not self.enabled:
             return
-        pipe = self.svc.cache.pipeline()
-        pending = self._pending.pop(live.message_id, None)
-        if pending is not None:
-            self._queue_pending(pipe, pending)
-        queue_end(pipe, live.message_id, payload, self.cfg.stream_linger)
-        pipe.delete(lease_key(live.message_id))
         with trio.move_on_after(2.0):
-            try:
-                await pipe.execute()
-            except CacheError:
-                log.warning("relay_end_failed", messageId=live.message_id)
+            async with self._sending:
+                pipe = self.svc.cache.pipeline()
+                pending = self._pending.pop(live.message_id, None)
+                if pending is not None:
+                    self._queue_pending(pipe, pending)
+                queue_end(pipe, live.message_id, payload, self.cfg.stream_linger)
+                pipe.delete(lease_key(live.message_id))
+                try:
+                    await pipe.execute()
+                except CacheError:
+                    log.warning("relay_end_failed", messageId=live.message_id)
 
     # -- cancel on any instance ------------------------------------------------------
 
