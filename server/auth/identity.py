@@ -26,7 +26,7 @@ import trio
 
 from protocol.errors import ErrorCode, ProtocolError
 from server.auth.tokens import AccessClaims, TokenExpired, TokenInvalid
-from server.logging import get_logger
+from server.listen import listen_forever
 from server.services import Services
 from store.cache import CacheEngine, CacheError
 from store.sessions import is_session_live
@@ -48,8 +48,6 @@ __all__ = [
 REVOKE_CHANNEL = "parley:revoked"
 ACTIVITY_EVERY = 3600.0
 LIVE_CACHE_MAX = 100_000  # sessions remembered as live per process (then forgotten at once)
-
-log = get_logger("parley.identity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +167,4 @@ async def flush_pending_denies(svc: Services) -> None:
 async def watch_revocations(cache: CacheEngine, on_revoked: Callable[[str], object]) -> None:
     """Listen for revoked sessions from every instance and call ``on_revoked(session_id)``;
     resubscribe after a cache fault."""
-    while True:
-        try:
-            async with cache.subscribe(REVOKE_CHANNEL) as sub:
-                async for _channel, message in sub:
-                    on_revoked(message.decode(errors="replace"))
-        except CacheError:
-            log.warning("revocation_feed_lost")
-        except Exception:
-            log.exception("revocation_feed_failed")
-        await trio.sleep(1.0)
+    await listen_forever(cache, REVOKE_CHANNEL, on_revoked, name="revocation")

@@ -32,6 +32,7 @@ import orjson
 import trio
 
 from protocol.errors import ProtocolError
+from server.listen import listen_forever
 from server.logging import get_logger
 from server.services import Services
 from server.turns.config import TurnConfig
@@ -147,7 +148,6 @@ class Relay:
         self.cfg = cfg
         self.live = live
         self.enabled = enabled
-        self.instance = svc.instance_id
         self._pending: dict[str, _Pending] = {}
         self._wake = trio.Event()
         # One send at a time: a turn's end goes out after any flush of its deltas in flight
@@ -206,7 +206,7 @@ class Relay:
             self._queue_pending(pipe, p)
         if renew:
             for live in self.live.values():
-                pipe.set(lease_key(live.message_id), self.instance, ttl=self.cfg.lease_ttl)
+                pipe.set(lease_key(live.message_id), self.svc.instance_id, ttl=self.cfg.lease_ttl)
         try:
             await pipe.execute()
         except CacheError:
@@ -222,7 +222,7 @@ class Relay:
     def lease(self, pipe: CachePipeline, live: LiveTurn) -> None:
         """Queue the turn's lease on a pipeline the caller sends (the turn's start)."""
         if self.enabled:
-            pipe.set(lease_key(live.message_id), self.instance, ttl=self.cfg.lease_ttl)
+            pipe.set(lease_key(live.message_id), self.svc.instance_id, ttl=self.cfg.lease_ttl)
 
     async def end(self, live: LiveTurn, payload: dict[str, Any]) -> None:
         """The turn's end is stored: send what is left of its deltas, then its end, to every
@@ -253,20 +253,14 @@ class Relay:
     async def _watch_control(self) -> None:
         """Requests for this instance's turns from the others: cancel one; publish one's
         deltas as they are flushed (someone elsewhere follows it)."""
-        while True:
-            try:
-                async with self.svc.cache.subscribe(CONTROL_CHANNEL) as sub:
-                    async for _channel, raw in sub:
-                        verb, _, mid = raw.decode(errors="replace").partition(" ")
-                        for live in list(self.live.values()):
-                            if live.message_id != mid:
-                                continue
-                            if verb == "cancel":
-                                live.cancel()
-                            elif verb == "follow":
-                                live.followed = True
-            except CacheError:
-                log.warning("control_feed_lost")
-            except Exception:
-                log.exception("control_feed_failed")
-            await trio.sleep(1.0)
+        await listen_forever(self.svc.cache, CONTROL_CHANNEL, self._control, name="control")
+
+    def _control(self, message: str) -> None:
+        verb, _, mid = message.partition(" ")
+        for live in list(self.live.values()):
+            if live.message_id != mid:
+                continue
+            if verb == "cancel":
+                live.cancel()
+            elif verb == "follow":
+                live.followed = True
