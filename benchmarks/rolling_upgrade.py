@@ -79,9 +79,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         step("every client done")
         lost = duplicated = stuck = 0
         statuses: dict[str, int] = {}
+        stuck_timelines: list[list[str]] = []
         for ch in chatters:
             if ch.assistant_seq is None or ch.out.dones == 0:
                 stuck += 1
+                if len(stuck_timelines) < 10:
+                    stuck_timelines.append([f"{at - t0:.2f} {what}" for at, what in ch.timeline])
                 continue
             history = await Rest(c.url(0)).history(ch.token, ch.conv)
             [stored] = [m for m in history if m["seq"] == ch.assistant_seq]
@@ -101,9 +104,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "statuses": statuses,
         "reconnects": sum(ch.out.reconnects for ch in chatters),
         "resets": sum(ch.out.resets for ch in chatters),
+        # why sessions ended before the answer did (the draining ones end on a frame)
+        "session_ends": dict(
+            Counter(
+                what.split("(")[0].split("<")[0]
+                for ch in chatters
+                for _, what in ch.timeline
+                if what.startswith(("ended", "no session.ready", "server.draining", "error"))
+            ).most_common()
+        ),
         "failure_kinds": dict(Counter(f[:60] for f in failures).most_common(10)),
         "failures": failures[:20],
         "steps": steps,
+        "stuck_timelines": stuck_timelines,
     }
 
 

@@ -9,7 +9,7 @@ compared with what the database stored.
 
 from __future__ import annotations
 
-import contextlib
+import math
 import random
 import time
 import uuid
@@ -18,7 +18,12 @@ from typing import Any
 
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from tests.support.wsclient import Rest
 
@@ -52,6 +57,7 @@ class Chatter:
         self._next = random.randrange(len(urls))
         self.last_url = urls[0]
         self.timeline: list[tuple[float, str]] = []  # (monotonic time, what happened)
+        self.ready_timeout = 5.0  # seconds for the handshake and session.ready
 
     def _url(self) -> str:
         url = self.urls[self._next % len(self.urls)]
@@ -71,10 +77,10 @@ class Chatter:
         drop = drop_after_chunks
         with trio.move_on_after(timeout) as waited:
             while self.out.dones == 0:
-                with contextlib.suppress(
-                    ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError
-                ):
+                try:
                     drop = await self._session(content, message_id, drop)
+                except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError) as exc:
+                    self.timeline.append((time.monotonic(), f"ended: {exc!r}"[:200]))
                 if self.out.dones == 0:
                     self.out.reconnects += 1
                     await trio.sleep(0.1 + random.random() * 0.2)
@@ -96,37 +102,56 @@ class Chatter:
     async def _session(self, content: str, message_id: str, drop: int | None) -> int | None:
         url = self._url()
         self.timeline.append((time.monotonic(), f"connect {url}"))
-        async with open_websocket_url(
-            url,
-            subprotocols=["chat.v1", f"bearer.{self.token}"],
-            message_queue_size=100_000,
-            connect_timeout=5,  # an instance still starting: try the next one
-        ) as ws:
-            hello = orjson.loads(await ws.get_message())
-            assert hello["type"] == "session.ready", hello
-            self.last_url = url.replace("ws://", "http://").removesuffix("/ws")
-            self.timeline.append((time.monotonic(), "ready"))
-            if self.assistant_seq is None:
-                # No ack yet: (re)send with the same messageId (idempotent).
-                data = {"conversationId": self.conv, "messageId": message_id, "content": content}
-                await ws.send_message(orjson.dumps({"type": "chat.send", "data": data}).decode())
-            else:
-                data = {
-                    "conversationId": self.conv,
-                    "lastMessageSeq": self.held_seq,
-                    "lastChunk": self.last_chunk,
-                }
-                await ws.send_message(orjson.dumps({"type": "chat.resume", "data": data}).decode())
-            while self.out.dones == 0:
-                frame = orjson.loads(await ws.get_message())
-                if frame["type"] != "chat.stream":
-                    self.timeline.append((time.monotonic(), frame["type"]))
-                reconnect_in = self._apply(frame)
-                if reconnect_in is not None:
-                    await trio.sleep(reconnect_in)
-                    return drop
-                if drop is not None and self.last_chunk >= drop:
-                    return None  # the socket closes here, mid-answer
+        # Our own deadline for the handshake and session.ready, not trio-websocket's
+        # connect_timeout: when that one fires after the TCP connect, the context manager
+        # waits for its reader task for ever (trio-websocket 0.12.2; an instance that
+        # answers the upgrade late, e.g. just restarted, left clients hanging).
+        with trio.CancelScope(deadline=trio.current_time() + self.ready_timeout) as opening:
+            async with open_websocket_url(
+                url,
+                subprotocols=["chat.v1", f"bearer.{self.token}"],
+                message_queue_size=100_000,
+                connect_timeout=math.inf,
+            ) as ws:
+                hello = orjson.loads(await ws.get_message())
+                opening.deadline = math.inf
+                assert hello["type"] == "session.ready", hello
+                self.last_url = url.replace("ws://", "http://").removesuffix("/ws")
+                self.timeline.append((time.monotonic(), "ready"))
+                return await self._converse(ws, content, message_id, drop)
+        self.timeline.append((time.monotonic(), f"no session.ready within {self.ready_timeout} s"))
+        return drop
+
+    async def _converse(
+        self, ws: WebSocketConnection, content: str, message_id: str, drop: int | None
+    ) -> int | None:
+        if self.assistant_seq is None:
+            # No ack yet: (re)send with the same messageId (idempotent).
+            data: dict[str, Any] = {
+                "conversationId": self.conv,
+                "messageId": message_id,
+                "content": content,
+            }
+            await ws.send_message(orjson.dumps({"type": "chat.send", "data": data}).decode())
+            self.timeline.append((time.monotonic(), "sent chat.send"))
+        else:
+            data = {
+                "conversationId": self.conv,
+                "lastMessageSeq": self.held_seq,
+                "lastChunk": self.last_chunk,
+            }
+            await ws.send_message(orjson.dumps({"type": "chat.resume", "data": data}).decode())
+            self.timeline.append((time.monotonic(), "sent chat.resume"))
+        while self.out.dones == 0:
+            frame = orjson.loads(await ws.get_message())
+            if frame["type"] != "chat.stream":
+                self.timeline.append((time.monotonic(), frame["type"]))
+            reconnect_in = self._apply(frame)
+            if reconnect_in is not None:
+                await trio.sleep(reconnect_in)
+                return drop
+            if drop is not None and self.last_chunk >= drop:
+                return None  # the socket closes here, mid-answer
         return drop
 
     def _apply(self, frame: dict[str, Any]) -> float | None:
