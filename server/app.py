@@ -67,6 +67,7 @@ def build_upstream(svc: Services) -> ResilientUpstream:
         base_url=s.llm_base_url or None,
         api_key=s.llm_api_key or None,
         model=s.llm_model or None,
+        transport=s.llm_http_client,
         sim_tokens_per_second=s.sim_tokens_per_second,
         sim_max_tokens=s.sim_max_tokens,
         sim_faults=s.sim_faults,

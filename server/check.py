@@ -152,6 +152,7 @@ def check_upstream(settings: Settings, *, contact: bool) -> Result:
             base_url=settings.llm_base_url,
             api_key=settings.llm_api_key,
             model=settings.llm_model,
+            transport=settings.llm_http_client,
         )
     except ValueError as exc:
         return Result("upstream", False, _one_line(exc))

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     llm_api_key: str = ""
     llm_model: str = ""
     llm_system_prompt: str = ""
+    # The openai provider's streaming HTTP client: "h11" (trio sockets + h11, keep-alive
+    # pool; measured ~45 % less CPU per token) or "httpx" (the general-purpose client)
+    llm_http_client: Literal["h11", "httpx"] = "h11"
     sim_tokens_per_second: float = Field(30.0, gt=0, le=100_000)
     sim_max_tokens: int = Field(200, ge=1, le=100_000)
     # "[[sim:...]]" prefixes in a message inject faults (tests, demos); off unless set, and

@@ -53,8 +53,10 @@ def create_provider(
     sim_tokens_per_second: float = 30.0,
     sim_max_tokens: int = 200,
     sim_faults: bool = True,
+    transport: str = "httpx",
 ) -> Provider:
-    """Build the provider named by PARLEY_LLM_PROVIDER ("simulated" or "openai")."""
+    """Build the provider named by PARLEY_LLM_PROVIDER ("simulated" or "openai").
+    `transport` ("httpx" or "h11") is the OpenAI client's HTTP stack."""
     normalized = kind.strip().lower()
     if normalized == "simulated":
         return SimulatedProvider(
@@ -69,7 +71,7 @@ def create_provider(
         if missing:
             raise ValueError(f"PARLEY_LLM_PROVIDER=openai needs {' and '.join(missing)}")
         assert base_url is not None and model is not None
-        return OpenAIProvider(base_url, api_key or None, model)
+        return OpenAIProvider(base_url, api_key or None, model, transport=transport)
     raise ValueError(
         f"unknown LLM provider {kind!r}: PARLEY_LLM_PROVIDER must be one of "
         + ", ".join(repr(k) for k in PROVIDER_KINDS)

@@ -1,7 +1,9 @@
 """OpenAI-compatible chat-completions client (OpenAI, vLLM, Ollama, llama.cpp server).
 
-httpx runs under trio through anyio/httpcore; the response body is consumed
-line by line (`aiter_lines`), never read whole.
+Two transports, same semantics: ``"httpx"`` (httpx under trio through
+anyio/httpcore) and ``"h11"`` (`H11Pool`: trio sockets + h11, less CPU per
+token). Either way the body is consumed line by line, never read whole, and the
+lines go through one function, `_events_from_lines`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from typing import Any
 import httpx
 
 from .base import ChatMessage, StreamEnd, StreamEvent, TokenDelta, UpstreamError
+from .h11stream import H11Pool, H11Response
 from .sse import ChunkParser, SSEDecoder
 
-__all__ = ["OpenAIProvider"]
+__all__ = ["TRANSPORTS", "OpenAIProvider"]
+
+TRANSPORTS = ("httpx", "h11")
 
 _MAX_ERROR_BODY = 4096
 _MAX_JSON_BODY = 4 * 1024 * 1024
@@ -26,8 +31,7 @@ def _retryable_status(status: int) -> bool:
     return status == 429 or status == 408 or status >= 500
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    raw = resp.headers.get("retry-after")
+def _retry_after(raw: str | None) -> float | None:
     if raw is None:
         return None
     try:
@@ -63,9 +67,11 @@ class OpenAIProvider:
     """Streams `POST {base_url}/chat/completions` with ``stream: true``.
 
     `base_url` includes the version prefix, e.g. ``http://127.0.0.1:8080/v1``.
-    Pass `http_client` to share a pool (it is then not closed by `aclose`).
+    `transport` is ``"httpx"`` or ``"h11"`` (see the module docstring). Pass
+    `http_client` to share an httpx pool (it is then not closed by `aclose`).
     Read timeouts are left to `ResilientUpstream` (first token / gap / total);
-    `read_timeout` is only a safety net for direct use.
+    `read_timeout` is only a safety net for direct use, and like `max_connections`
+    applies to the httpx transport only.
     """
 
     def __init__(
@@ -80,7 +86,12 @@ class OpenAIProvider:
         max_connections: int | None = 2000,
         include_usage: bool = True,
         extra_body: dict[str, Any] | None = None,
+        transport: str = "httpx",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}: one of {', '.join(TRANSPORTS)}")
+        if http_client is not None and transport != "httpx":
+            raise ValueError("http_client is for the httpx transport only")
         if not base_url:
             raise ValueError("OpenAIProvider needs a base_url, e.g. http://127.0.0.1:8080/v1")
         if not model:
@@ -89,22 +100,28 @@ class OpenAIProvider:
         self.model = model
         self.include_usage = include_usage
         self.extra_body = dict(extra_body or {})
+        self.transport = transport
         self._headers = {"Accept": "text/event-stream"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._pool: H11Pool | None = None
+        self._h11_headers = [("Authorization", f"Bearer {api_key}")] if api_key else []
         self._owns_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=connect_timeout,
-                read=read_timeout,
-                write=connect_timeout,
-                pool=connect_timeout,
-            ),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-            ),
-        )
+        if transport == "h11":
+            self._pool = H11Pool(connect_timeout=connect_timeout)
+        else:
+            self._client = http_client or httpx.AsyncClient(
+                timeout=httpx.Timeout(
+                    connect=connect_timeout,
+                    read=read_timeout,
+                    write=connect_timeout,
+                    pool=connect_timeout,
+                ),
+                limits=httpx.Limits(
+                    max_connections=max_connections,
+                    max_keepalive_connections=max_connections,
+                ),
+            )
 
     def request_body(self, messages: Sequence[ChatMessage], max_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -121,6 +138,8 @@ class OpenAIProvider:
     def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int
     ) -> AbstractAsyncContextManager[AsyncIterator[StreamEvent]]:
+        if self._pool is not None:
+            return self._stream_h11(self._pool, messages, max_tokens)
         return self._stream(messages, max_tokens)
 
     @asynccontextmanager
@@ -143,9 +162,12 @@ class OpenAIProvider:
                     _error_message(resp.status_code, raw),
                     retryable=_retryable_status(resp.status_code),
                     status=resp.status_code,
-                    retry_after=_retry_after(resp),
+                    retry_after=_retry_after(resp.headers.get("retry-after")),
                 )
-            gen = self._events(resp)
+            if resp.headers.get("content-type", "").startswith("application/json"):
+                gen = self._json_events(resp)
+            else:
+                gen = _events_from_lines(resp.aiter_lines(), httpx.HTTPError)
             try:
                 yield gen
             finally:
@@ -153,36 +175,81 @@ class OpenAIProvider:
         finally:
             await cm.__aexit__(None, None, None)
 
-    async def _events(self, resp: httpx.Response) -> AsyncGenerator[StreamEvent, None]:
-        ctype = resp.headers.get("content-type", "")
+    async def _json_events(self, resp: httpx.Response) -> AsyncGenerator[StreamEvent, None]:
+        # The server ignored stream=true: one whole completion.
         try:
-            if ctype.startswith("application/json"):
-                # The server ignored stream=true: one whole completion.
-                for event in _events_from_json(await _read_capped(resp, _MAX_JSON_BODY)):
-                    yield event
-                return
-            decoder = SSEDecoder()
-            parser = ChunkParser()
-            async for line in resp.aiter_lines():
-                payload = decoder.feed(line)
-                if payload is None:
-                    continue
-                for event in parser.feed(payload, decoder.parsed):
-                    yield event
-                if parser.done:
-                    return
-            tail = decoder.flush()
-            if tail is not None:
-                for event in parser.feed(tail):
-                    yield event
-            for event in parser.finish():
-                yield event
+            raw = await _read_capped(resp, _MAX_JSON_BODY)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream stream broken: {exc!r}", retryable=True) from exc
+        for event in _events_from_json(raw):
+            yield event
+
+    @asynccontextmanager
+    async def _stream_h11(
+        self, pool: H11Pool, messages: Sequence[ChatMessage], max_tokens: int
+    ) -> AsyncIterator[AsyncIterator[StreamEvent]]:
+        body = self.request_body(messages, max_tokens)
+        async with pool.stream_post(self.url, body, self._h11_headers) as resp:
+            if resp.status >= 400:
+                try:
+                    raw = await resp.read(_MAX_ERROR_BODY)
+                except UpstreamError:
+                    raw = b""
+                raise UpstreamError(
+                    _error_message(resp.status, raw),
+                    retryable=_retryable_status(resp.status),
+                    status=resp.status,
+                    retry_after=_retry_after(resp.headers.get("retry-after")),
+                )
+            if resp.headers.get("content-type", "").startswith("application/json"):
+                gen = _h11_json_events(resp)
+            else:
+                gen = _events_from_lines(resp.aiter_lines())
+            try:
+                yield gen
+            finally:
+                await gen.aclose()
 
     async def aclose(self) -> None:
-        if self._owns_client:
+        if self._pool is not None:
+            await self._pool.aclose()
+        elif self._owns_client:
             await self._client.aclose()
+
+
+async def _events_from_lines(
+    lines: AsyncIterator[str], broken: type[Exception] | tuple[type[Exception], ...] = ()
+) -> AsyncGenerator[StreamEvent, None]:
+    """SSE lines (no line endings) to events; `broken` (the transport's errors while
+    reading) become a retryable `UpstreamError`. Closes `lines` when done."""
+    decoder = SSEDecoder()
+    parser = ChunkParser()
+    try:
+        async for line in lines:
+            payload = decoder.feed(line)
+            if payload is None:
+                continue
+            for event in parser.feed(payload, decoder.parsed):
+                yield event
+            if parser.done:
+                return
+        tail = decoder.flush()
+        if tail is not None:
+            for event in parser.feed(tail):
+                yield event
+        for event in parser.finish():
+            yield event
+    except broken as exc:
+        raise UpstreamError(f"upstream stream broken: {exc!r}", retryable=True) from exc
+    finally:
+        aclose = getattr(lines, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _h11_json_events(resp: H11Response) -> AsyncGenerator[StreamEvent, None]:
+    for event in _events_from_json(await resp.read(_MAX_JSON_BODY)):
+        yield event
 
 
 def _events_from_json(raw: bytes) -> list[StreamEvent]:

@@ -1,5 +1,6 @@
 """OpenAIProvider + ResilientUpstream against the real fake upstream process
-(benchmarks/fake_upstream.py), started once for the module on a free port."""
+(benchmarks/fake_upstream.py), started once for the module on a free port. Every
+provider test runs on both transports (httpx and the h11 pool)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from server.llm import (
 )
 from server.llm.base import StreamEvent
 
+TRANSPORTS = ["httpx", "h11"]
+
 FAST = UpstreamPolicy(
     first_token_timeout=0.3, gap_timeout=0.3, total_timeout=10, backoff_base=0.02, backoff_max=0.1
 )
@@ -44,9 +47,10 @@ def base_url() -> Iterator[str]:
     assert proc.returncode == 0  # clean exit on SIGTERM
 
 
-@pytest.fixture
-async def provider(base_url: str) -> Any:
-    p = OpenAIProvider(base_url, "sk-fake", "fake-model")
+@pytest.fixture(params=TRANSPORTS)
+async def provider(base_url: str, request: pytest.FixtureRequest) -> Any:
+    p = OpenAIProvider(base_url, "sk-fake", "fake-model", transport=request.param)
+    assert p.transport == request.param
     yield p
     await p.aclose()
 
@@ -172,16 +176,37 @@ async def test_gap_timeout(provider: OpenAIProvider) -> None:
     assert isinstance(err, UpstreamTimeout) and err.phase == "gap"
 
 
-async def test_connection_refused_is_retryable() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_connection_refused_is_retryable(transport: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = OpenAIProvider(f"http://127.0.0.1:{port}/v1", None, "m")
+    p = OpenAIProvider(f"http://127.0.0.1:{port}/v1", None, "m", transport=transport)
     try:
         _got, err = await drain(p, "hi")
     finally:
         await p.aclose()
     assert err is not None and err.retryable and err.status is None
+
+
+async def test_h11_keeps_the_connection_after_done(base_url: str) -> None:
+    """The reader stops at [DONE]; the body's end, already received, still lets the
+    connection go back to the pool, and the next stream reuses it."""
+    p = OpenAIProvider(base_url, None, "m", transport="h11")
+    assert p._pool is not None
+    try:
+        for _ in range(3):
+            got, err = await drain(p, "hi")
+            assert err is None and text_of(got) == expected_text(10)
+            assert p._pool.idle_count() == 1
+        _got, err = await drain(p, magic(status=400))
+        assert err is not None and err.status == 400
+        assert p._pool.idle_count() == 1  # an error body read to its end: kept too
+        _got, err = await drain(p, magic(drop_after=2))
+        assert err is not None and err.retryable
+        assert p._pool.idle_count() == 0  # a broken connection is not
+    finally:
+        await p.aclose()
 
 
 async def test_many_concurrent_streams(provider: OpenAIProvider) -> None:
@@ -239,7 +264,8 @@ def test_process_exits_zero_on_sigint() -> None:
     assert proc.wait(5) == 0
 
 
-async def test_silent_server_times_out_while_waiting_for_headers() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_silent_server_times_out_while_waiting_for_headers(transport: str) -> None:
     """The first-token deadline also covers connecting and the response head."""
     accepted: list[trio.SocketStream] = []
 
@@ -250,7 +276,7 @@ async def test_silent_server_times_out_while_waiting_for_headers() -> None:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(trio.serve_tcp, silent, 0)
         port = listeners[0].socket.getsockname()[1]
-        p = OpenAIProvider(f"http://127.0.0.1:{port}/v1", None, "m")
+        p = OpenAIProvider(f"http://127.0.0.1:{port}/v1", None, "m", transport=transport)
         policy = UpstreamPolicy(first_token_timeout=0.2, max_retries=1, backoff_base=0.01)
         try:
             got, err = await drain(ResilientUpstream(p, policy), "hi")
