@@ -15,7 +15,7 @@ UPGRADE_FLAGS = $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),-
 BUILD_REQUIRES = $(BIN)/python -c 'import tomllib; \
   print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
 
-.PHONY: run test venv lock lint typecheck pytest services bench bench-quick bench-redis bench-backup clean fuzz
+.PHONY: run test venv lock lint typecheck pytest services bench bench-quick bench-redis bench-backup bench-soak bench-setup clean fuzz
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Parley needs Python 3.11 (apt-get install python3)"; exit 1; }
@@ -115,6 +115,14 @@ bench-redis: $(STAMP) services
 ## bench-backup: relay latency during a backup of 1,000,000 messages (~20 min; backup_load.json)
 bench-backup: $(STAMP) services
 	$(BIN)/python benchmarks/backup_load.py
+
+## bench-soak: 200 streams for 30 minutes on MariaDB + Redis (soak.json, soak.png)
+bench-soak: $(STAMP) services
+	$(BIN)/python benchmarks/soak.py
+
+## bench-setup: server CPU per guest sign-up and per WebSocket connect (setup_cost.json)
+bench-setup: $(STAMP) services
+	$(BIN)/python benchmarks/setup_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
