@@ -25,7 +25,7 @@ __all__ = [
     "rename_conversation",
     "soft_delete_all_for_user",
     "soft_delete_conversation",
-    "stored_bytes",
+    "stored_bytes_many",
 ]
 
 
@@ -56,19 +56,26 @@ def count_conversations(conn: Connection, user_id: str) -> int:
     return int(conn.execute(q).scalar_one())
 
 
-def stored_bytes(conn: Connection, user_id: str) -> int:
-    """About how much the user keeps: the length of every live message's content (bytes on
-    MySQL, characters on SQLite); the per-user quota compares it."""
+def stored_bytes_many(conn: Connection, user_ids: list[str]) -> dict[str, int]:
+    """About how much each user keeps: the length of every live message's content (bytes
+    on MySQL, characters on SQLite); the per-user quota compares it. One query for the
+    users of a batch of turn starts."""
+    if not user_ids:
+        return {}
     q = (
-        sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(messages.c.content)), 0))
+        sa.select(conversations.c.user_id, sa.func.sum(sa.func.length(messages.c.content)))
         .select_from(messages.join(conversations, conversations.c.id == messages.c.conversation_id))
         .where(
-            conversations.c.user_id == user_id,
+            conversations.c.user_id.in_(user_ids),
             conversations.c.deleted_at.is_(None),
             messages.c.deleted_at.is_(None),
         )
+        .group_by(conversations.c.user_id)
     )
-    return int(conn.execute(q).scalar_one())
+    used = dict.fromkeys(user_ids, 0)
+    for user_id, total in conn.execute(q):
+        used[user_id] = int(total or 0)
+    return used
 
 
 def create_conversation(conn: Connection, *, user_id: str, title: str) -> ConversationRecord:

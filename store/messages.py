@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from protocol.frames import FinishReason, MessageStatus, Role
+from store.conversations import stored_bytes_many
 from store.db import utcnow
 from store.records import MessageRecord
 from store.schema import conversations, messages, users
@@ -53,6 +54,7 @@ class BeginOutcome(enum.Enum):
     BUSY = "busy"  # a turn of this conversation is streaming
     EXPIRED = "expired"  # the cache knew the messageId, the database no longer has it
     TOO_MANY = "too_many"  # the user has the maximum of turns streaming
+    OVER_QUOTA = "over_quota"  # the user keeps max_stored_bytes or more
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class BeginResult:
     user_message: MessageRecord | None = None
     assistant_message: MessageRecord | None = None
     history: list[tuple[str, str]] = field(default_factory=list)
+    stored_bytes: int | None = None  # what the user keeps, when the request asked to measure
 
 
 def get_message(conn: Connection, message_id: str) -> MessageRecord | None:
@@ -110,6 +113,7 @@ class BeginRequest:
     content: str
     must_exist: bool = False  # the cache knew this messageId (see begin_turns)
     max_turns: int | None = None  # this caller's cap on turns at once (guests: fewer)
+    max_stored_bytes: int | None = None  # measure what the user keeps; refuse at this cap
 
 
 def begin_turn(
@@ -138,7 +142,9 @@ def begin_turns(
     decided in order, each seeing the ones before it (a second send to the same
     conversation in one batch is busy, or a duplicate of the first). ``must_exist``: the
     caller knows the messageId was sent before; if the database no longer has it
-    (retention), nothing is generated again (``EXPIRED``). A handful of set-based queries
+    (retention), nothing is generated again (``EXPIRED``). ``max_stored_bytes``: what the
+    user keeps is measured (one grouped query for the batch) and a new turn is refused at
+    the cap (``OVER_QUOTA``; a duplicate still replays). A handful of set-based queries
     serve the whole batch.
     """
     if not requests:
@@ -189,6 +195,9 @@ def begin_turns(
         )
     ):
         streaming.setdefault(row.user_id, set()).add(row.conversation_id)
+    kept = stored_bytes_many(
+        conn, sorted({r.user_id for r in requests if r.max_stored_bytes is not None})
+    )
 
     now = utcnow()
     results: list[BeginResult] = []
@@ -208,6 +217,10 @@ def begin_turns(
                 BeginOutcome.CONFLICT if prior.content != req.content else BeginOutcome.DUPLICATE
             )
             results.append(BeginResult(outcome, prior, answers.get(prior.id)))
+            continue
+        used = kept.get(req.user_id) if req.max_stored_bytes is not None else None
+        if used is not None and req.max_stored_bytes is not None and used >= req.max_stored_bytes:
+            results.append(BeginResult(BeginOutcome.OVER_QUOTA, stored_bytes=used))
             continue
         busy = streaming.get(req.user_id, set())
         if req.conversation_id in busy:
@@ -256,12 +269,15 @@ def begin_turns(
         seen[key] = user_rec
         answers[user_rec.id] = assistant_rec
         streaming.setdefault(req.user_id, set()).add(req.conversation_id)
+        if used is not None:
+            kept[req.user_id] = used = used + len(req.content)
         results.append(
             BeginResult(
                 BeginOutcome.STARTED,
                 user_rec,
                 assistant_rec,
                 [*history, (Role.USER.value, req.content)],
+                stored_bytes=used,
             )
         )
     if rows:

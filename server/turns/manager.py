@@ -9,6 +9,7 @@ and resume (:mod:`.replay`), the live turn and its listeners (:mod:`.live`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import trio
@@ -22,9 +23,17 @@ from server.turns.generation import Generation
 from server.turns.live import Listener, LiveTurn, OutboxLike, Upstream
 from server.turns.relay import Relay
 from server.turns.replay import Replay
-from server.turns.starts import PendingStart, StartQueue, precheck, refusal
+from server.turns.starts import (
+    QUOTA_TTL,
+    PendingStart,
+    StartQueue,
+    precheck,
+    quota_key,
+    refusal,
+)
 from server.turns.sweeper import Sweeper
 from store import messages as store_messages
+from store.cache import CacheError
 from store.messages import BeginOutcome, BeginRequest, BeginResult
 
 __all__ = ["TurnManager"]
@@ -81,10 +90,17 @@ class TurnManager:
     # -- chat.send -----------------------------------------------------------------
 
     async def send(
-        self, *, user_id: str, data: ChatSend, listener: Listener, max_turns: int | None = None
+        self,
+        *,
+        user_id: str,
+        data: ChatSend,
+        listener: Listener,
+        max_turns: int | None = None,
+        max_stored_bytes: int | None = None,
     ) -> None:
         """Start (or join, for a known messageId) a turn. Raises ProtocolError before any ack.
-        ``max_turns``: this caller's cap on turns at once, if lower than the server's."""
+        ``max_turns``: this caller's cap on turns at once, if lower than the server's;
+        ``max_stored_bytes``: their cap on what they keep (``PAYLOAD_TOO_LARGE`` at it)."""
         received_at = time.perf_counter()
         conv_id, client_id, content = str(data.conversationId), str(data.messageId), data.content
         check = await precheck(
@@ -94,14 +110,28 @@ class TurnManager:
             conversation_id=conv_id,
             client_message_id=client_id,
             content=content,
+            max_stored_bytes=max_stored_bytes,
         )
         request = BeginRequest(
-            user_id, conv_id, client_id, content, must_exist=check.known, max_turns=max_turns
+            user_id,
+            conv_id,
+            client_id,
+            content,
+            must_exist=check.known,
+            max_turns=max_turns,
+            max_stored_bytes=max_stored_bytes if check.measure_quota else None,
         )
         result = await self._starts.submit(
             self.nursery, PendingStart(request, listener, received_at, check.dup_key)
         )
-        err = refusal(result.outcome, max_turns or self.cfg.max_turns_per_user)
+        if result.stored_bytes is not None:  # measured: remembered for a minute, aside
+            self.nursery.start_soon(self._remember_quota, user_id, result.stored_bytes)
+        err = refusal(
+            result.outcome,
+            max_turns or self.cfg.max_turns_per_user,
+            used=result.stored_bytes or 0,
+            cap=max_stored_bytes or 0,
+        )
         if err is not None:
             raise err
         assert result.user_message is not None
@@ -110,6 +140,10 @@ class TurnManager:
                 conv_id, result.user_message, result.assistant_message, listener
             )
         # STARTED: the start queue has acknowledged it and started its task already.
+
+    async def _remember_quota(self, user_id: str, used: int) -> None:
+        with contextlib.suppress(CacheError):
+            await self.svc.cache.set(quota_key(user_id), str(used), ttl=QUOTA_TTL)
 
     def _start(self, p: PendingStart, res: BeginResult) -> None:
         """Right after the commit, with no await: register, ack, generate."""

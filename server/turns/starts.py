@@ -23,12 +23,26 @@ from store import messages as store_messages
 from store.cache import CacheError
 from store.messages import BeginOutcome, BeginRequest, BeginResult
 
-__all__ = ["PendingStart", "StartQueue", "idem_key", "precheck", "refusal"]
+__all__ = ["PendingStart", "StartQueue", "idem_key", "precheck", "quota_key", "refusal"]
+
+QUOTA_TTL = 60  # seconds: what a user keeps is measured at most once a minute
 
 
 def idem_key(conversation_id: str, client_message_id: str) -> str:
     """The cache key of an idempotency key (``messageId`` → assistant message id)."""
     return f"idem:{conversation_id}:{client_message_id}"
+
+
+def quota_key(user_id: str) -> str:
+    """The cache key of what the user keeps, as last measured (bytes)."""
+    return f"quota:{user_id}"
+
+
+def over_quota(used: int, cap: int) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        f"this account keeps {used} bytes of {cap}; delete conversations to go on",
+    )
 
 
 def dup_key(user_id: str, conversation_id: str, content: str) -> str:
@@ -40,6 +54,7 @@ def dup_key(user_id: str, conversation_id: str, content: str) -> str:
 class Precheck:
     known: bool  # the cache knows this messageId: it replays or joins
     dup_key: str
+    measure_quota: bool = False  # the cache has no figure: the turn start measures it
 
 
 async def precheck(
@@ -50,18 +65,32 @@ async def precheck(
     conversation_id: str,
     client_message_id: str,
     content: str,
+    max_stored_bytes: int | None = None,
 ) -> Precheck:
-    """Refuse, before anything is stored, what needs no database. Raises ProtocolError."""
+    """Refuse, before anything is stored, what needs no database. Raises ProtocolError.
+    ``max_stored_bytes``: the user's cap on what they keep, checked against the cached
+    figure; without one, the turn start measures it (``Precheck.measure_quota``)."""
     key = dup_key(user_id, conversation_id, content)
     known: bytes | None = None
+    measure = False
     try:
-        known, dup = await svc.cache.get_many([idem_key(conversation_id, client_message_id), key])
+        keys = [idem_key(conversation_id, client_message_id), key]
+        if max_stored_bytes is not None:
+            keys.append(quota_key(user_id))
+        known, dup, *quota = await svc.cache.get_many(keys)
         if known is None and dup is not None:
             raise ProtocolError(
                 ErrorCode.DUPLICATE_CONTENT, "the same message was sent moments ago"
             )
+        if quota and known is None:
+            assert max_stored_bytes is not None
+            if quota[0] is None:
+                measure = True
+            elif int(quota[0]) >= max_stored_bytes:
+                raise over_quota(int(quota[0]), max_stored_bytes)
     except CacheError:
-        pass  # the database still finds duplicates by messageId
+        # the database still finds duplicates by messageId, and measures the quota
+        measure = max_stored_bytes is not None
     # A known messageId replays or joins: it needs no upstream call.
     wait = 0.0 if known is not None else upstream.unavailable_for()
     if wait > 0:
@@ -71,10 +100,12 @@ async def precheck(
             "the model is unavailable; retry shortly",
             retry_after_ms=max(1, int(wait * 1000)),
         )
-    return Precheck(known is not None, key)
+    return Precheck(known is not None, key, measure)
 
 
-def refusal(outcome: BeginOutcome, max_turns_per_user: int) -> ProtocolError | None:
+def refusal(
+    outcome: BeginOutcome, max_turns_per_user: int, *, used: int = 0, cap: int = 0
+) -> ProtocolError | None:
     """The error a turn start the database refused answers; None when it was not refused."""
     if outcome is BeginOutcome.EXPIRED:
         return ProtocolError(
@@ -93,6 +124,8 @@ def refusal(outcome: BeginOutcome, max_turns_per_user: int) -> ProtocolError | N
             "a reply is still streaming in this conversation",
             retry_after_ms=1000,
         )
+    if outcome is BeginOutcome.OVER_QUOTA:
+        return over_quota(used, cap)
     if outcome is BeginOutcome.TOO_MANY:
         return ProtocolError(
             ErrorCode.CONVERSATION_BUSY,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,7 +24,6 @@ from server.turns import Listener, TurnManager
 from server.ws.abuse import FrameBudget
 from server.ws.state import Connection, WsConfig
 from store.cache import CacheError
-from store.conversations import stored_bytes
 from store.db import utcnow
 
 __all__ = ["Dispatcher"]
@@ -74,28 +72,12 @@ class Dispatcher:
             return min(self.svc.settings.guest_max_turns, self.turns.cfg.max_turns_per_user)
         return None
 
-    async def _check_quota(self, conn: Connection) -> None:
-        """What the user keeps, measured at most once a minute (the figure is cached)."""
+    def _stored_bytes_cap(self, conn: Connection) -> int:
+        """What this user may keep; checked by the turn start (``TurnManager.send``)."""
         s = self.svc.settings
-        cap = (
-            s.guest_max_stored_bytes if conn.claims.kind == "guest" else s.max_stored_bytes_per_user
-        )
-        key = f"quota:{conn.user_id}"
-        try:
-            cached = await self.svc.cache.get(key)
-        except CacheError:
-            return  # fails open, like the rate limits
-        if cached is None:
-            used = await self.svc.db.read(lambda c: stored_bytes(c, conn.user_id))
-            with suppress(CacheError):
-                await self.svc.cache.set(key, str(used), ttl=60)
-        else:
-            used = int(cached)
-        if used >= cap:
-            raise ProtocolError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"this account keeps {used} bytes of {cap}; delete conversations to go on",
-            )
+        if conn.claims.kind == "guest":
+            return s.guest_max_stored_bytes
+        return s.max_stored_bytes_per_user
 
     def budget(self, conn: Connection) -> FrameBudget:
         if conn.budget is None:
@@ -145,12 +127,12 @@ class Dispatcher:
                 "too many messages; slow down",
                 retry_after_ms=max(1, int(retry_after * 1000)),
             )
-        await self._check_quota(conn)
         await self.turns.send(
             user_id=conn.user_id,
             data=data,
             listener=Listener(conn.outbox, reply),
             max_turns=self._max_turns(conn),
+            max_stored_bytes=self._stored_bytes_cap(conn),
         )
 
     async def _chat_cancel(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:

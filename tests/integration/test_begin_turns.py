@@ -117,3 +117,42 @@ def test_next_turn_sees_history_and_numbers_on(engine: sa.Engine) -> None:
 
 def test_empty_batch(engine: sa.Engine) -> None:
     assert run(engine, []) == []
+
+
+def test_what_a_user_keeps_is_measured_for_the_batch_and_capped(engine: sa.Engine) -> None:
+    alice, (a1, a2) = setup_user(engine, 2)
+    bob, (b1,) = setup_user(engine, 1)
+    carol, (c1,) = setup_user(engine, 1)
+    kept = str(uuid.uuid4())
+    first = run(engine, [req(alice, a1, kept, "x" * 30), req(bob, b1, content="y" * 5)])
+    assert [r.stored_bytes for r in first] == [None, None]  # nobody asked to measure
+    with engine.begin() as c:  # alice's answer is stored: 30 + 10 characters kept
+        c.execute(
+            messages.update()
+            .where(messages.c.conversation_id == a1, messages.c.role == "assistant")
+            .values(content="z" * 10, status="completed")
+        )
+    capped = [
+        BeginRequest(alice, a2, str(uuid.uuid4()), "more", max_stored_bytes=40),
+        BeginRequest(alice, a1, kept, "x" * 30, max_stored_bytes=40),  # a replay: allowed
+        BeginRequest(bob, b1, str(uuid.uuid4()), "ok", max_stored_bytes=40),
+        BeginRequest(carol, c1, str(uuid.uuid4()), "n" * 12, max_stored_bytes=40),
+        BeginRequest(carol, c1, str(uuid.uuid4()), "again", max_stored_bytes=40),
+    ]
+    results = run(engine, capped)
+    assert [r.outcome for r in results] == [
+        BeginOutcome.OVER_QUOTA,  # 40 kept, at the cap: nothing new
+        BeginOutcome.DUPLICATE,
+        BeginOutcome.BUSY,  # bob's first turn still streams
+        BeginOutcome.STARTED,  # carol keeps nothing yet
+        BeginOutcome.BUSY,  # her second in the same conversation, behind the first
+    ]
+    assert results[0].stored_bytes == 40
+    assert results[3].stored_bytes == 12  # what she keeps with this message
+    with engine.connect() as c:  # the refusal stored nothing
+        assert (
+            c.execute(
+                sa.select(sa.func.count()).where(messages.c.conversation_id == a2)
+            ).scalar_one()
+            == 0
+        )

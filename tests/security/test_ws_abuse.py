@@ -130,7 +130,13 @@ async def test_what_a_user_keeps_is_capped(live: LiveServer) -> None:
         assert live.svc is not None
         # the figure is measured at most once a minute: forget it, as a minute would
         await trio.to_thread.run_sync(live.run_async, live.svc.cache.delete, f"quota:{user_id}")
-        second = await ws.turn(conv, "one more")
+        second = await ws.turn(conv, "one more")  # measured by the turn start: refused
+        # that measurement is remembered for the next sends (tests/unit/test_turn_starts.py)
+        cached = await trio.to_thread.run_sync(
+            live.run_async, live.svc.cache.get, f"quota:{user_id}"
+        )
+    assert cached is not None and int(cached) >= 2100
     err = second.errors[0]["data"]
     assert err["code"] == "PAYLOAD_TOO_LARGE" and "delete conversations" in err["message"]
+    assert "of 2048" in err["message"]
     assert len(await rest.history(token, conv)) == 2  # nothing stored by the refusal
