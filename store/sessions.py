@@ -6,6 +6,7 @@ Rotation is a compare-and-swap on ``refresh_hash``; the old hash moves to
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import uuid
@@ -44,23 +45,21 @@ def create_session(
     ip: str | None,
 ) -> SessionRecord:
     now = utcnow()
-    sid = str(uuid.uuid4())
-    conn.execute(
-        sessions.insert().values(
-            id=sid,
-            user_id=user_id,
-            refresh_hash=refresh_hash,
-            rotation_counter=0,
-            created_at=now,
-            last_used_at=now,
-            expires_at=now + ttl,
-            user_agent=(user_agent or "")[:255] or None,
-            ip=ip,
-        )
+    rec = SessionRecord(
+        id=str(uuid.uuid4()),
+        user_id=user_id,
+        refresh_hash=refresh_hash,
+        rotation_counter=0,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + ttl,
+        revoked_at=None,
+        revoked_reason=None,
+        user_agent=(user_agent or "")[:255] or None,
+        ip=ip,
     )
-    rec = get_session(conn, sid)
-    assert rec is not None
-    return rec
+    conn.execute(sessions.insert().values(**dataclasses.asdict(rec)))
+    return rec  # what was stored (no read-back: every column is given)
 
 
 def get_session(conn: Connection, session_id: str) -> SessionRecord | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import unicodedata
 import uuid
@@ -58,25 +59,22 @@ def create_user(
     role: str = UserRole.USER.value,
 ) -> UserRecord:
     now = utcnow()
-    uid = str(uuid.uuid4())
+    user = UserRecord(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        role=role,
+        email=None if email is None else canonical_email(email),
+        password_hash=password_hash,
+        display_name=display_name,
+        created_at=now,
+        last_active_at=now,
+        deleted_at=None,
+    )
     try:
-        conn.execute(
-            users.insert().values(
-                id=uid,
-                kind=kind,
-                role=role,
-                email=None if email is None else canonical_email(email),
-                password_hash=password_hash,
-                display_name=display_name,
-                created_at=now,
-                last_active_at=now,
-            )
-        )
+        conn.execute(users.insert().values(**dataclasses.asdict(user)))
     except sa.exc.IntegrityError as exc:
         raise EmailTaken(email) from exc
-    user = get_user(conn, uid)
-    assert user is not None
-    return user
+    return user  # what was stored (no read-back: every column is given)
 
 
 def get_user(conn: Connection, user_id: str, *, include_deleted: bool = False) -> UserRecord | None:

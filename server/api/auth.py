@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from quart import Blueprint, Response, g, request
@@ -18,7 +19,7 @@ from server.api.schemas import (
     Registration,
     user_json,
 )
-from server.auth.identity import revoke_sessions
+from server.auth.identity import note_live_session, revoke_sessions
 from server.auth.password_policy import password_problem
 from server.auth.tokens import hash_refresh_token, new_refresh_token
 from server.errors import ApiError
@@ -79,41 +80,49 @@ def _check_password(password: str, email: str | None) -> None:
         raise ApiError("VALIDATION_FAILED", problem)
 
 
-async def _new_session(svc: Services, conn_user: UserRecord) -> tuple[str, str]:
-    """A new session; past ``max_sessions_per_user`` live ones, the oldest are revoked."""
+async def _new_session(
+    svc: Services, user: UserRecord | Callable[[Connection], UserRecord]
+) -> tuple[UserRecord, str, str]:
+    """A new session for ``user``, or for the user ``user(conn)`` creates in the same
+    transaction (a sign-up: one transaction, and a new user has no sessions to evict);
+    past ``max_sessions_per_user`` live ones, the oldest are revoked."""
     refresh = new_refresh_token()
     cap = svc.settings.max_sessions_per_user
     evicted: list[str] = []
     ua = request.headers.get("User-Agent")
     ip = client_ip()
 
-    def work(conn: Connection) -> str:
+    def work(conn: Connection) -> tuple[UserRecord, str]:
+        new = callable(user)
+        owner = user(conn) if callable(user) else user
         sess = sessions_repo.create_session(
             conn,
-            user_id=conn_user.id,
+            user_id=owner.id,
             refresh_hash=hash_refresh_token(refresh),
-            ttl=_refresh_ttl(svc, conn_user.kind),
+            ttl=_refresh_ttl(svc, owner.kind),
             user_agent=ua,
             ip=ip,
         )
         record_event(
             conn,
             action="login",
-            subject_id=conn_user.id,
-            actor_id=conn_user.id,
+            subject_id=owner.id,
+            actor_id=owner.id,
             ip=ip,
             trace_id=_trace(),
-            details={"sessionId": sess.id, "kind": conn_user.kind},
+            details={"sessionId": sess.id, "kind": owner.kind},
         )
-        evicted[:] = sessions_repo.revoke_oldest_sessions(
-            conn, conn_user.id, keep=cap, reason="session_cap"
-        )
-        return sess.id
+        if not new:
+            evicted[:] = sessions_repo.revoke_oldest_sessions(
+                conn, owner.id, keep=cap, reason="session_cap"
+            )
+        return owner, sess.id
 
-    sid = await svc.db.tx(work)
+    owner, sid = await svc.db.tx(work)
+    note_live_session(svc, sid)  # its first connect needs no database read
     if evicted:
         await revoke_sessions(svc, evicted)
-    return sid, refresh
+    return owner, sid, refresh
 
 
 @bp.post("/auth/register")
@@ -145,10 +154,9 @@ async def register() -> tuple[dict[str, Any], int]:
         return user
 
     try:
-        user = await svc.db.tx(work)
+        user, sid, refresh = await _new_session(svc, work)
     except users_repo.EmailTaken as exc:
         raise ApiError("EMAIL_TAKEN", "an account with this email exists") from exc
-    sid, refresh = await _new_session(svc, user)
     return _token_answer(svc, user, sid, refresh), 201
 
 
@@ -180,8 +188,7 @@ async def guest() -> tuple[dict[str, Any], int]:
         )
         return user
 
-    user = await svc.db.tx(work)
-    sid, refresh = await _new_session(svc, user)
+    user, sid, refresh = await _new_session(svc, work)
     return _token_answer(svc, user, sid, refresh), 201
 
 
@@ -235,7 +242,7 @@ async def login() -> dict[str, Any]:
     await _rate_limit(
         svc, f"rl:login:{user.id}", s.logins_per_account_per_hour, 3600, "logins to this account"
     )
-    sid, refresh = await _new_session(svc, user)
+    user, sid, refresh = await _new_session(svc, user)
     return _token_answer(svc, user, sid, refresh)
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "flush_pending_denies",
     "is_session_denied",
     "note_activity",
+    "note_live_session",
     "revoke_sessions",
     "watch_revocations",
 ]
@@ -61,6 +62,15 @@ class Principal:
 
 def deny_key(session_id: str) -> str:
     return f"deny:sid:{session_id}"
+
+
+def note_live_session(svc: Services, session_id: str) -> None:
+    """Remember a session as live for ``session_check_cache_seconds``: the database said so,
+    or this process has just created it (its first connect then needs no database read).
+    A revocation still wins: the deny-list is read first."""
+    if len(svc.live_sessions) >= LIVE_CACHE_MAX:
+        svc.live_sessions.clear()
+    svc.live_sessions[session_id] = time.monotonic() + svc.settings.session_check_cache_seconds
 
 
 async def is_session_denied(svc: Services, session_id: str) -> bool:
@@ -84,9 +94,7 @@ async def is_session_denied(svc: Services, session_id: str) -> bool:
     if until is not None and until > now:
         return False
     if await svc.db.read(lambda c: is_session_live(c, session_id)):
-        if len(svc.live_sessions) >= LIVE_CACHE_MAX:
-            svc.live_sessions.clear()
-        svc.live_sessions[session_id] = now + svc.settings.session_check_cache_seconds
+        note_live_session(svc, session_id)
         return False
     svc.live_sessions.pop(session_id, None)
     with contextlib.suppress(CacheError):

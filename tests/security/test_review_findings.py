@@ -149,6 +149,18 @@ async def test_a_live_session_is_checked_in_the_database_once_then_cached(
     assert (await api.call("GET", f"{V1}/me", token=acct.access)).status == 401
 
 
+async def test_a_session_this_process_creates_is_known_live_and_revocation_still_wins(
+    api: ApiClient,
+) -> None:
+    acct = await api.register()
+    sid = api.svc.keyring.verify(acct.access).sid
+    assert sid in api.svc.live_sessions  # its first request or connect reads no database
+    r = await api.call("POST", f"{V1}/auth/logout", token=acct.access)
+    assert r.status in (200, 204)
+    assert sid not in api.svc.live_sessions
+    assert (await api.call("GET", f"{V1}/me", token=acct.access)).status == 401
+
+
 async def test_upgrade_checks_the_guest_first_and_is_limited_per_user(api: ApiClient) -> None:
     acct = await api.register()
     calls = 0
