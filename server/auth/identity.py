@@ -21,6 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -35,6 +36,7 @@ from store.users import touch_user
 __all__ = [
     "ACTIVITY_EVERY",
     "REVOKE_CHANNEL",
+    "UNREAD",
     "Principal",
     "authenticate",
     "deny_key",
@@ -73,7 +75,10 @@ def note_live_session(svc: Services, session_id: str) -> None:
     svc.live_sessions[session_id] = time.monotonic() + svc.settings.session_check_cache_seconds
 
 
-async def is_session_denied(svc: Services, session_id: str) -> bool:
+UNREAD: Any = object()  # is_session_denied: the deny-list entry is not read yet
+
+
+async def is_session_denied(svc: Services, session_id: str, cached: Any = UNREAD) -> bool:
     """Deny-list in the cache first; without an entry there, the database decides.
 
     Revocations made here while the cache was down are also kept in-process until they
@@ -85,7 +90,9 @@ async def is_session_denied(svc: Services, session_id: str) -> bool:
     if session_id in svc.pending_denies:
         return True
     try:
-        if await svc.cache.get(deny_key(session_id)) is not None:
+        if cached is UNREAD:  # (``cached``: the deny-list entry, read already)
+            cached = await svc.cache.get(deny_key(session_id))
+        if cached is not None:
             return True
     except CacheError:
         return not await svc.db.read(lambda c: is_session_live(c, session_id))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 
 import trio
 
@@ -97,10 +98,12 @@ class TurnManager:
         listener: Listener,
         max_turns: int | None = None,
         max_stored_bytes: int | None = None,
+        prefetched: Sequence[bytes | None] | None = None,
     ) -> None:
         """Start (or join, for a known messageId) a turn. Raises ProtocolError before any ack.
         ``max_turns``: this caller's cap on turns at once, if lower than the server's;
-        ``max_stored_bytes``: their cap on what they keep (``PAYLOAD_TOO_LARGE`` at it)."""
+        ``max_stored_bytes``: their cap on what they keep (``PAYLOAD_TOO_LARGE`` at it);
+        ``prefetched``: the values of ``precheck_keys`` when the caller has read them."""
         received_at = time.perf_counter()
         conv_id, client_id, content = str(data.conversationId), str(data.messageId), data.content
         check = await precheck(
@@ -111,6 +114,7 @@ class TurnManager:
             client_message_id=client_id,
             content=content,
             max_stored_bytes=max_stored_bytes,
+            prefetched=prefetched,
         )
         request = BeginRequest(
             user_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -23,7 +23,15 @@ from store import messages as store_messages
 from store.cache import CacheError
 from store.messages import BeginOutcome, BeginRequest, BeginResult
 
-__all__ = ["PendingStart", "StartQueue", "idem_key", "precheck", "quota_key", "refusal"]
+__all__ = [
+    "PendingStart",
+    "StartQueue",
+    "idem_key",
+    "precheck",
+    "precheck_keys",
+    "quota_key",
+    "refusal",
+]
 
 QUOTA_TTL = 60  # seconds: what a user keeps is measured at most once a minute
 
@@ -57,6 +65,20 @@ class Precheck:
     measure_quota: bool = False  # the cache has no figure: the turn start measures it
 
 
+def precheck_keys(
+    user_id: str, conversation_id: str, client_message_id: str, content: str, quota: bool
+) -> list[str]:
+    """The cache keys :func:`precheck` reads (a caller may read them beforehand, with
+    other work, and pass their values as ``prefetched``)."""
+    keys = [
+        idem_key(conversation_id, client_message_id),
+        dup_key(user_id, conversation_id, content),
+    ]
+    if quota:
+        keys.append(quota_key(user_id))
+    return keys
+
+
 async def precheck(
     svc: Services,
     upstream: Upstream,
@@ -66,18 +88,20 @@ async def precheck(
     client_message_id: str,
     content: str,
     max_stored_bytes: int | None = None,
+    prefetched: Sequence[bytes | None] | None = None,
 ) -> Precheck:
     """Refuse, before anything is stored, what needs no database. Raises ProtocolError.
     ``max_stored_bytes``: the user's cap on what they keep, checked against the cached
-    figure; without one, the turn start measures it (``Precheck.measure_quota``)."""
-    key = dup_key(user_id, conversation_id, content)
+    figure; without one, the turn start measures it (``Precheck.measure_quota``).
+    ``prefetched``: the values of :func:`precheck_keys`, already read."""
+    keys = precheck_keys(
+        user_id, conversation_id, client_message_id, content, max_stored_bytes is not None
+    )
     known: bytes | None = None
     measure = False
     try:
-        keys = [idem_key(conversation_id, client_message_id), key]
-        if max_stored_bytes is not None:
-            keys.append(quota_key(user_id))
-        known, dup, *quota = await svc.cache.get_many(keys)
+        values = prefetched if prefetched is not None else await svc.cache.get_many(keys)
+        known, dup, *quota = values
         if known is None and dup is not None:
             raise ProtocolError(
                 ErrorCode.DUPLICATE_CONTENT, "the same message was sent moments ago"
@@ -100,7 +124,7 @@ async def precheck(
             "the model is unavailable; retry shortly",
             retry_after_ms=max(1, int(wait * 1000)),
         )
-    return Precheck(known is not None, key, measure)
+    return Precheck(known is not None, keys[1], measure)
 
 
 def refusal(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from protocol import outgoing
 from protocol.close_codes import CloseCode, close_reason
@@ -18,9 +18,10 @@ from protocol.codec import ClientFrame
 from protocol.errors import AUTH_CLOSE_CODES, ErrorCode, ProtocolError
 from protocol.frames import AuthRefresh, ChatCancel, ChatResume, ChatSend, ClientType, Ping
 from protocol.outgoing import ReplyTo
-from server.auth.identity import authenticate, is_session_denied
+from server.auth.identity import UNREAD, authenticate, deny_key, is_session_denied
 from server.services import Services
 from server.turns import Listener, TurnManager
+from server.turns.starts import precheck_keys
 from server.ws.abuse import FrameBudget
 from server.ws.state import Connection, WsConfig
 from store.cache import CacheError
@@ -107,7 +108,23 @@ class Dispatcher:
     async def _chat_send(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
         data = frame.data
         assert isinstance(data, ChatSend)
-        if not await self._session_ok(conn, reply):
+        cap = self._stored_bytes_cap(conn)
+        # One cache round trip for the send: its rate limit, the session's deny-list entry
+        # and the keys the turn start checks (idempotency, duplicate content, quota).
+        keys = precheck_keys(
+            conn.user_id, str(data.conversationId), str(data.messageId), data.content, True
+        )
+        try:
+            allowed, retry_after, values = await self.svc.cache.hit_rate_and_get(
+                f"rl:send:{conn.user_id}",
+                self._sends_per_minute(conn),
+                60,
+                [deny_key(conn.session_id), *keys],
+            )
+            denied, prefetched = values[0], values[1:]
+        except CacheError:  # fail open on the limit; the checks read again, or the database
+            allowed, retry_after, denied, prefetched = True, 0.0, UNREAD, None
+        if not await self._session_ok(conn, reply, denied):
             return
         if self.svc.draining.is_set():
             raise ProtocolError(
@@ -115,12 +132,6 @@ class Dispatcher:
                 "this server is restarting; reconnect and send again",
                 retry_after_ms=self.cfg.drain_reconnect_ms,
             )
-        try:
-            allowed, retry_after = await self.svc.cache.hit_rate(
-                f"rl:send:{conn.user_id}", self._sends_per_minute(conn), 60
-            )
-        except CacheError:
-            allowed, retry_after = True, 0.0
         if not allowed:
             raise ProtocolError(
                 ErrorCode.RATE_LIMITED,
@@ -132,7 +143,8 @@ class Dispatcher:
             data=data,
             listener=Listener(conn.outbox, reply),
             max_turns=self._max_turns(conn),
-            max_stored_bytes=self._stored_bytes_cap(conn),
+            max_stored_bytes=cap,
+            prefetched=prefetched,
         )
 
     async def _chat_cancel(self, conn: Connection, frame: ClientFrame, reply: ReplyTo) -> None:
@@ -158,12 +170,13 @@ class Dispatcher:
             user_id=conn.user_id, data=data, listener=Listener(conn.outbox, reply)
         )
 
-    async def _session_ok(self, conn: Connection, reply: ReplyTo) -> bool:
-        """Every frame that starts work re-checks the deny-list (revocation within seconds).
+    async def _session_ok(self, conn: Connection, reply: ReplyTo, cached: Any = UNREAD) -> bool:
+        """Every frame that starts work re-checks the deny-list (revocation within seconds;
+        ``cached``: its entry, when the caller has read it).
 
         A revoked session or an expired token: the error goes out first, then the close.
         """
-        if await is_session_denied(self.svc, conn.session_id):
+        if await is_session_denied(self.svc, conn.session_id, cached):
             err = ProtocolError(ErrorCode.AUTH_INVALID, "session revoked")
         elif conn.claims.exp <= time.time():
             err = ProtocolError(ErrorCode.AUTH_EXPIRED, "access token expired; refresh it")

@@ -336,6 +336,13 @@ class CacheEngine(ABC):
         resets)``. Denied hits are counted too (they do not extend the window).
         """
 
+    @abstractmethod
+    async def hit_rate_and_get(
+        self, key: str, limit: int, window_seconds: float, keys: Sequence[str]
+    ) -> tuple[bool, float, list[bytes | None]]:
+        """:meth:`hit_rate` and :meth:`get_many` in one round trip (a ``chat.send`` counts
+        against its limit and reads its keys at once): ``(allowed, retry_after, values)``."""
+
     # -- batches -----------------------------------------------------------
 
     @abstractmethod

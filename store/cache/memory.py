@@ -358,6 +358,12 @@ class MemoryCacheEngine(CacheEngine):
             return True, 0.0
         return False, max(0.0, remaining if remaining is not None else window)
 
+    async def hit_rate_and_get(
+        self, key: str, limit: int, window_seconds: float, keys: Sequence[str]
+    ) -> tuple[bool, float, list[bytes | None]]:
+        allowed, retry_after = await self.hit_rate(key, limit, window_seconds)
+        return allowed, retry_after, await self.get_many(keys)
+
     # -- batches -----------------------------------------------------------
 
     def pipeline(self) -> CachePipeline:

@@ -319,6 +319,29 @@ class RedisCacheEngine(CacheEngine):
             return True, 0.0
         return False, (int(pttl) / 1000.0 if int(pttl) >= 0 else window)
 
+    async def hit_rate_and_get(
+        self, key: str, limit: int, window_seconds: float, keys: Sequence[str]
+    ) -> tuple[bool, float, list[bytes | None]]:
+        window = check_ttl(window_seconds)
+        if window is None:
+            raise ValueError("hit_rate needs a window")
+        count, pttl, values = await self._call(self._rate_and_mget, key, ttl_ms(window), list(keys))
+        if int(count) <= limit:
+            return True, 0.0, values
+        return False, (int(pttl) / 1000.0 if int(pttl) >= 0 else window), values
+
+    def _rate_and_mget(
+        self, key: str, window_ms: int, keys: list[str]
+    ) -> tuple[int, int, list[bytes | None]]:
+        """In a worker thread: the counting script and MGET, pipelined (one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        self._incr_window(keys=[key], args=[1, window_ms], client=pipe)
+        if keys:
+            pipe.mget(keys)
+        replies = pipe.execute()
+        count, pttl = replies[0]
+        return int(count), int(pttl), list(replies[1]) if keys else []
+
     # -- batches -----------------------------------------------------------
 
     def pipeline(self) -> CachePipeline:

@@ -321,6 +321,26 @@ async def test_hit_rate_is_atomic_under_concurrency(engine: CacheEngine, key: Ke
     assert outcomes.count(False) == 25
 
 
+async def test_hit_rate_and_get_counts_and_reads_in_one_call(
+    engine: CacheEngine, key: KeyFactory
+) -> None:
+    await engine.set(key("a"), b"1")
+    await engine.rpush(key("list"), [b"x"])  # not a plain value: None, as get_many says
+    keys = [key("a"), key("missing"), key("list")]
+    for _ in range(2):
+        assert await engine.hit_rate_and_get(key("rl"), 2, 0.4, keys) == (
+            True,
+            0.0,
+            [b"1", None, None],
+        )
+    allowed, retry_after, values = await engine.hit_rate_and_get(key("rl"), 2, 0.4, keys)
+    assert (allowed, values) == (False, [b"1", None, None])  # denied: the keys still read
+    assert 0 < retry_after <= 0.4
+    # the same counter as hit_rate's
+    assert (await engine.hit_rate(key("rl"), 2, 0.4))[0] is False
+    assert await engine.hit_rate_and_get(key("rl2"), 1, 1.0, []) == (True, 0.0, [])
+
+
 # ---------------------------------------------------------------------------
 # lists (stream buffers)
 # ---------------------------------------------------------------------------
