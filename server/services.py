@@ -33,6 +33,9 @@ class Services:
     # session id -> monotonic expiry: the database said this session is live (a short
     # positive cache: server/auth/identity.is_session_denied)
     live_sessions: dict[str, float] = field(default_factory=dict)
+    # user id -> monotonic expiry: this process noted the user's activity (or created the
+    # user) within the hour (server/auth/identity.note_activity skips the cache then)
+    active_noted: dict[str, float] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         await self.cache.aclose()

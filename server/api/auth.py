@@ -19,7 +19,7 @@ from server.api.schemas import (
     Registration,
     user_json,
 )
-from server.auth.identity import note_live_session, revoke_sessions
+from server.auth.identity import note_active, note_live_session, revoke_sessions
 from server.auth.password_policy import password_problem
 from server.auth.tokens import hash_refresh_token, new_refresh_token
 from server.errors import ApiError
@@ -120,6 +120,8 @@ async def _new_session(
 
     owner, sid = await svc.db.tx(work)
     note_live_session(svc, sid)  # its first connect needs no database read
+    if callable(user):
+        note_active(svc, owner.id)  # created active now: no activity touch for an hour
     if evicted:
         await revoke_sessions(svc, evicted)
     return owner, sid, refresh

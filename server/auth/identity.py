@@ -42,9 +42,11 @@ __all__ = [
     "deny_key",
     "flush_pending_denies",
     "is_session_denied",
+    "note_active",
     "note_activity",
     "note_live_session",
     "revoke_sessions",
+    "verify_token",
     "watch_revocations",
 ]
 
@@ -110,25 +112,47 @@ async def is_session_denied(svc: Services, session_id: str, cached: Any = UNREAD
     return True
 
 
-async def authenticate(svc: Services, token: str) -> Principal:
-    """Verify an access token (signature, expiry, deny-list).
-
-    Raises ``ProtocolError`` ``AUTH_EXPIRED`` or ``AUTH_INVALID``.
-    """
+def verify_token(svc: Services, token: str) -> AccessClaims:
+    """Signature and expiry (no deny-list). Raises ``ProtocolError`` ``AUTH_EXPIRED`` or
+    ``AUTH_INVALID``."""
     try:
-        claims = svc.keyring.verify(token)
+        return svc.keyring.verify(token)
     except TokenExpired as exc:
         raise ProtocolError(ErrorCode.AUTH_EXPIRED, "access token expired; refresh it") from exc
     except TokenInvalid as exc:
         raise ProtocolError(ErrorCode.AUTH_INVALID, "access token invalid") from exc
-    if await is_session_denied(svc, claims.sid):
+
+
+async def authenticate(
+    svc: Services, token: str, *, claims: AccessClaims | None = None, cached: Any = UNREAD
+) -> Principal:
+    """Verify an access token (signature, expiry, deny-list). ``claims``: the token,
+    verified already (:func:`verify_token`); ``cached``: its deny-list entry, read already.
+
+    Raises ``ProtocolError`` ``AUTH_EXPIRED`` or ``AUTH_INVALID``.
+    """
+    if claims is None:
+        claims = verify_token(svc, token)
+    if await is_session_denied(svc, claims.sid, cached):
         raise ProtocolError(ErrorCode.AUTH_INVALID, "session revoked")
     return Principal(claims.sub, claims.sid, claims.kind, claims.role, claims)
 
 
+def note_active(svc: Services, user_id: str) -> None:
+    """This process knows the user active now (it just created or touched them): for an
+    hour, :func:`note_activity` asks neither the cache nor the database."""
+    if len(svc.active_noted) >= LIVE_CACHE_MAX:
+        svc.active_noted.clear()
+    svc.active_noted[user_id] = time.monotonic() + ACTIVITY_EVERY
+
+
 async def note_activity(svc: Services, user_id: str) -> None:
     """Keep ``users.last_active_at`` fresh (guests expire after days without activity):
-    at most one write per user per hour, decided by the cache."""
+    at most one write per user per hour, decided by the cache (and, within the hour,
+    by what this process noted already)."""
+    if svc.active_noted.get(user_id, 0.0) > time.monotonic():
+        return
+    note_active(svc, user_id)
     try:
         first = await svc.cache.set_if_absent(f"active:{user_id}", b"1", ttl=ACTIVITY_EVERY)
     except CacheError:

@@ -10,13 +10,14 @@ instance's cap (1013) and the user's cap (4504).
 from __future__ import annotations
 
 import uuid
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from quart import abort, websocket
 
 from protocol.close_codes import CloseCode, close_reason
 from protocol.errors import AUTH_CLOSE_CODES, ErrorCode, ProtocolError
-from server.auth.identity import Principal, authenticate
+from server.auth.identity import UNREAD, Principal, authenticate, deny_key, verify_token
+from server.auth.tokens import AccessClaims
 from server.errors import ApiError
 from server.health import ALIVE_PREFIX
 from server.logging import get_logger
@@ -54,8 +55,11 @@ def _client_ip(svc: Services) -> str:
     return ip or ""
 
 
-async def _refuse_before_upgrade(svc: Services) -> None:
-    """HTTP refusals: they happen before the upgrade, as plain HTTP answers."""
+async def _refuse_before_upgrade(svc: Services, deny: str | None) -> Any:
+    """HTTP refusals: they happen before the upgrade, as plain HTTP answers. With the
+    address's upgrade count, the same cache round trip reads ``deny`` (the token's
+    deny-list key, when it has a valid token): its value is returned (``UNREAD`` if not
+    read)."""
     if svc.draining.is_set():
         _refuse(503, "this server is draining; reconnect to another instance")
     origin = websocket.headers.get("Origin")
@@ -71,10 +75,16 @@ async def _refuse_before_upgrade(svc: Services) -> None:
             f"offer the WebSocket subprotocol {SUBPROTOCOL!r} "
             f"(with '{BEARER_PREFIX}<access token>' beside it)",
         )
+    cached: Any = UNREAD
     try:
-        allowed, retry = await svc.cache.hit_rate(
-            f"rl:wsup:{_client_ip(svc)}", svc.settings.ws_upgrades_per_ip_per_hour, 3600
+        allowed, retry, values = await svc.cache.hit_rate_and_get(
+            f"rl:wsup:{_client_ip(svc)}",
+            svc.settings.ws_upgrades_per_ip_per_hour,
+            3600,
+            [deny] if deny is not None else [],
         )
+        if deny is not None:
+            cached = values[0]
     except CacheError:
         allowed, retry = True, 0.0
     if not allowed:  # 429 with Retry-After, like every REST limit
@@ -84,6 +94,7 @@ async def _refuse_before_upgrade(svc: Services) -> None:
             "too many WebSocket upgrades from this address; retry later",
             retry_after=max(1.0, retry),
         )
+    return cached
 
 
 def presence_key(user_id: str) -> str:
@@ -130,17 +141,27 @@ def _refuse(status: int, message: str) -> NoReturn:
 
 async def admit(svc: Services, hub: Hub, cfg: WsConfig) -> Connection | None:
     """Run the handshake; the connection to serve, or None when it was refused (and closed)."""
-    await _refuse_before_upgrade(svc)
     offered = websocket.requested_subprotocols
     token = next((p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), "")
+    # The token is checked now (signature and expiry: no I/O), so that its deny-list entry
+    # comes with the upgrade count; what is wrong with it is said after accepting.
+    claims: AccessClaims | None = None
+    refusal: Exception | None = None
+    try:
+        if not token:
+            raise ProtocolError(ErrorCode.AUTH_INVALID, "no bearer subprotocol")
+        claims = verify_token(svc, token)
+    except Exception as exc:  # said after accepting (a fault of ours: SERVER_ERROR)
+        refusal = exc
+    cached = await _refuse_before_upgrade(svc, deny_key(claims.sid) if claims else None)
     await websocket.accept(subprotocol=SUBPROTOCOL)
 
     # Authenticate after accepting, so the browser can read the close code.
     principal: Principal
     try:
-        if not token:
-            raise ProtocolError(ErrorCode.AUTH_INVALID, "no bearer subprotocol")
-        principal = await authenticate(svc, token)
+        if refusal is not None:
+            raise refusal
+        principal = await authenticate(svc, token, claims=claims, cached=cached)
     except ProtocolError as exc:
         code = AUTH_CLOSE_CODES.get(exc.code, CloseCode.TOKEN_INVALID)
         await _close(svc, code, close_reason(code), "auth")

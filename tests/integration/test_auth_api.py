@@ -366,7 +366,10 @@ async def test_activity_keeps_last_active_fresh(api: ApiClient) -> None:
             users.update().where(users.c.id == g.user["id"]).values(last_active_at=old)
         )
     )
+    # the hour passed: the cache's mark and this process's own memo are gone
     await api.svc.cache.delete(f"active:{g.user['id']}")
+    assert g.user["id"] in api.svc.active_noted  # (created active: noted at sign-up)
+    api.svc.active_noted.clear()
     r = await api.call("GET", f"{V1}/me", token=g.access)
     assert r.status == 200
     seen = await api.svc.db.read(
