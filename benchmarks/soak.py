@@ -97,6 +97,7 @@ async def _worker(spec: dict[str, Any], out_path: str) -> None:
     import httpx
     import orjson
     import trio
+    import wsproto.utilities
     from trio_websocket import ConnectionClosed, connect_websocket_url
 
     tokens, tps, per_conv = spec["tokens"], spec["tps"], spec["turns_per_conversation"]
@@ -106,6 +107,7 @@ async def _worker(spec: dict[str, Any], out_path: str) -> None:
     clients = [_Client(spec["first_index"] + k) for k in range(spec["clients"])]
     tot = dict.fromkeys(("turns", "tokens", "lost", "duplicated", "duplicate_chunks", "drops"), 0)
     errors: dict[str, int] = {}
+    client_faults: dict[str, int] = {}  # the load generator's own, not the server's
     examples: list[dict[str, Any]] = []
     end_ns = 0
     done = False
@@ -116,6 +118,7 @@ async def _worker(spec: dict[str, Any], out_path: str) -> None:
     def dump() -> None:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         doc = {"totals": tot, "errors": errors, "lost_examples": examples[:10], "done": done}
+        doc["client_faults"] = client_faults
         doc["cpu_s"] = ru.ru_utime + ru.ru_stime
         _write_atomic(out_path, orjson.dumps(doc))
 
@@ -130,12 +133,28 @@ async def _worker(spec: dict[str, Any], out_path: str) -> None:
             return  # keep the old one
         c.conv, c.in_conv = r.json()["id"], 0
 
+    async def hold(
+        c: _Client, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """One WebSocket, its reader task in a nursery of its own: a fault of the client
+        library (trio-websocket answers a ping with a pong after it began to close, which
+        wsproto refuses) ends that socket (the client sees ConnectionClosed and goes on),
+        not the whole worker. Counted apart from the server's errors."""
+        try:
+            async with trio.open_nursery() as own:
+                protocols = ["chat.v1", f"bearer.{c.token}"]
+                ws = await connect_websocket_url(
+                    own, spec["ws_url"], subprotocols=protocols, message_queue_size=4096
+                )
+                task_status.started(ws)
+        except* wsproto.utilities.LocalProtocolError:
+            client_faults["trio_websocket_local_protocol_error"] = (
+                client_faults.get("trio_websocket_local_protocol_error", 0) + 1
+            )
+
     async def connect(c: _Client, nursery: trio.Nursery) -> None:
         with trio.fail_after(15):
-            protocols = ["chat.v1", f"bearer.{c.token}"]
-            c.ws = await connect_websocket_url(
-                nursery, spec["ws_url"], subprotocols=protocols, message_queue_size=4096
-            )
+            c.ws = await nursery.start(hold, c)
             hello = orjson.loads(await c.ws.get_message())
         if hello.get("type") != "session.ready":
             raise RuntimeError(f"hello:{hello.get('type')}")
@@ -294,17 +313,35 @@ async def _worker(spec: dict[str, Any], out_path: str) -> None:
 # -- the orchestrator and sampler (plain sync code) ------------------------------------
 
 
-def _progress(outs: list[Path]) -> dict[str, Any]:
-    agg: dict[str, Any] = {"totals": {}, "errors": {}, "lost_examples": [], "cpu_s": 0.0}
+def _progress(outs: list[Path], final: bool = False) -> dict[str, Any]:
+    """The workers' running totals; ``final``: a worker that did not finish (crashed,
+    killed) is an error, not a silent gap in the figures."""
+    agg: dict[str, Any] = {
+        "totals": {},
+        "errors": {},
+        "client_faults": {},
+        "lost_examples": [],
+        "cpu_s": 0.0,
+    }
+    failed: Counter[str] = Counter()
     for out in outs:
         if not out.exists():
+            if final:
+                agg["errors"]["worker_wrote_nothing"] = (
+                    agg["errors"].get("worker_wrote_nothing", 0) + 1
+                )
             continue
         doc = json.loads(out.read_text())
-        for part in ("totals", "errors"):
-            for k, v in doc[part].items():
+        if final and not doc.get("done"):
+            agg["errors"]["worker_did_not_finish"] = (
+                agg["errors"].get("worker_did_not_finish", 0) + 1
+            )
+        for part in ("totals", "errors", "client_faults"):
+            for k, v in doc.get(part, {}).items():
                 agg[part][k] = agg[part].get(k, 0) + v
         agg["lost_examples"] += doc["lost_examples"]
         agg["cpu_s"] += doc["cpu_s"]
+    agg["errors"].update(failed)
     return agg
 
 
@@ -424,7 +461,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             rc.close()
         fake_cpu = cpu_seconds(fake.pid)
         log = workdir / f"parley-{srv.port}" / "server.log"
-    prog = _progress(outs)
+    prog = _progress(outs, final=True)
     errors = dict(prog["errors"], **({"generator_overran": 1} if overran else {}))
     log_errors = [ln[:300] for ln in log.read_text(errors="replace").splitlines()]
     log_errors = [ln for ln in log_errors if ERROR_LINE.search(ln)]
@@ -444,6 +481,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "samples": samples,
         "totals": tot,
         "lost_examples": prog["lost_examples"][:10],
+        "client_faults": prog["client_faults"],
         "verdict": {
             "warmup_s": warm_s,
             "rss_mib": rss,
