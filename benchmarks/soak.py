@@ -152,6 +152,12 @@ async def _worker(spec: dict[str, Any], out_path: str) -> None:
                 client_faults.get("trio_websocket_local_protocol_error", 0) + 1
             )
 
+    async def close(c: _Client) -> None:
+        """Close the client's socket as a browser would: without waiting for ever (a socket
+        whose reader died of a client-library fault never completes its close)."""
+        with trio.move_on_after(5):
+            await c.ws.aclose()
+
     async def connect(c: _Client, nursery: trio.Nursery) -> None:
         with trio.fail_after(15):
             c.ws = await nursery.start(hold, c)
@@ -185,7 +191,7 @@ async def _worker(spec: dict[str, Any], out_path: str) -> None:
         last, dup, parts, status = -1, 0, [], None
 
         async def reconnect_and_go_on() -> None:  # resend (idempotent) or resume
-            await c.ws.aclose()
+            await close(c)
             await connect(c, nursery)
             if aseq is None:
                 await c.ws.send_message(send)
@@ -235,7 +241,7 @@ async def _worker(spec: dict[str, Any], out_path: str) -> None:
         if waited.cancelled_caught:
             err("turn_timeout")
             c.in_conv = per_conv
-            await c.ws.aclose()
+            await close(c)
             await connect(c, nursery)
             return
         text = "".join(parts)
@@ -270,11 +276,11 @@ async def _worker(spec: dict[str, Any], out_path: str) -> None:
                     await trio.sleep(1)
                     with trio.move_on_after(20):
                         try:
-                            await c.ws.aclose()
+                            await close(c)
                             await connect(c, nursery)
                         except Exception as exc2:
                             err(f"exception:{type(exc2).__name__}")
-            await c.ws.aclose()
+            await close(c)
 
     async def progress() -> None:
         while True:
