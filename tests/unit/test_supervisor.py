@@ -162,11 +162,14 @@ async def test_worker_header_on_http_and_websocket_answers() -> None:
 
 def test_metrics_ports_are_checked_before_workers_start() -> None:
     assert _check_metrics_ports(Settings(workers=2)) is None  # no base: no listener
+    # two free ports outside the ephemeral range, the second taken: an ephemeral port
+    # with whatever lay below it let another test's socket take the base now and then
+    base = free_port_range(2)
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("127.0.0.1", base + 1))
         taken.listen()
-        port = taken.getsockname()[1]
-        s = Settings(workers=2, metrics_port_base=port - 1)
+        port = base + 1
+        s = Settings(workers=2, metrics_port_base=base)
         assert metrics_port(s, 1) == port
         problem = _check_metrics_ports(s)
     assert problem is not None
