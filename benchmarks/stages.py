@@ -164,11 +164,13 @@ async def _resilience_async(n: int, direct: bool) -> None:
             pass
 
 
-async def _socket_recv(n: int) -> None:
+async def _socket_roundtrip(n: int, payload: bytes) -> None:
+    """``n`` times: ``send_all(payload)`` on one end of a trio socketpair, one
+    ``receive_some`` on the other."""
     a, b = trio.socket.socketpair()
     sa, sb = trio.SocketStream(a), trio.SocketStream(b)
     for _ in range(n):
-        await sa.send_all(CHUNK)
+        await sa.send_all(payload)
         await sb.receive_some(65536)
     await sa.aclose()
     await sb.aclose()
@@ -177,17 +179,6 @@ async def _socket_recv(n: int) -> None:
 def _frame_bytes() -> bytes:
     conn = wsproto.connection.Connection(wsproto.connection.ConnectionType.SERVER)
     return conn.send(Message(data='{"type":"chat.stream","data":{"delta":" tok42"}}' * 4))
-
-
-async def _socket_send(n: int) -> None:
-    a, b = trio.socket.socketpair()
-    sa, sb = trio.SocketStream(a), trio.SocketStream(b)
-    frame = _frame_bytes()
-    for _ in range(n):
-        await sa.send_all(frame)
-        await sb.receive_some(65536)
-    await sa.aclose()
-    await sb.aclose()
 
 
 def main() -> int:
@@ -206,12 +197,12 @@ def main() -> int:
         "async_generator_alone": direct,
         "resilience": wrapped - direct,
         "turn_delta": _rounds(turn_delta, n, rep),
-        "trio_socket_recv": _rounds(_trio(_socket_recv), n, rep),
+        "trio_socket_recv": _rounds(_trio(lambda k: _socket_roundtrip(k, CHUNK)), n, rep),
     }
     write = {
         "outbox": _rounds(outbox, n, rep),
         "wsproto_encode": _rounds(wsproto_encode, n, rep),
-        "trio_socket_send": _rounds(_trio(_socket_send), n, rep),
+        "trio_socket_send": _rounds(_trio(lambda k: _socket_roundtrip(k, _frame_bytes())), n, rep),
     }
     result = {
         "command": " ".join(["benchmarks/stages.py", *sys.argv[1:]]),

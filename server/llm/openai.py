@@ -63,6 +63,16 @@ def _error_message(status: int, body: bytes) -> str:
     return f"upstream HTTP {status}: {text[:300]}"
 
 
+def _status_error(status: int, body: bytes, retry_after: str | None) -> UpstreamError:
+    """An HTTP error answer (status >= 400) as the error both transports raise."""
+    return UpstreamError(
+        _error_message(status, body),
+        retryable=_retryable_status(status),
+        status=status,
+        retry_after=_retry_after(retry_after),
+    )
+
+
 class OpenAIProvider:
     """Streams `POST {base_url}/chat/completions` with ``stream: true``.
 
@@ -158,12 +168,7 @@ class OpenAIProvider:
                     raw = await _read_capped(resp, _MAX_ERROR_BODY)
                 except httpx.HTTPError:
                     raw = b""
-                raise UpstreamError(
-                    _error_message(resp.status_code, raw),
-                    retryable=_retryable_status(resp.status_code),
-                    status=resp.status_code,
-                    retry_after=_retry_after(resp.headers.get("retry-after")),
-                )
+                raise _status_error(resp.status_code, raw, resp.headers.get("retry-after"))
             if resp.headers.get("content-type", "").startswith("application/json"):
                 gen = self._json_events(resp)
             else:
@@ -195,12 +200,7 @@ class OpenAIProvider:
                     raw = await resp.read(_MAX_ERROR_BODY)
                 except UpstreamError:
                     raw = b""
-                raise UpstreamError(
-                    _error_message(resp.status, raw),
-                    retryable=_retryable_status(resp.status),
-                    status=resp.status,
-                    retry_after=_retry_after(resp.headers.get("retry-after")),
-                )
+                raise _status_error(resp.status, raw, resp.headers.get("retry-after"))
             if resp.headers.get("content-type", "").startswith("application/json"):
                 gen = _h11_json_events(resp)
             else:
