@@ -10,7 +10,9 @@ Read side, per token:
   ``line_split``      LineSplitter.feed on its payload
   ``sse_json_chunk``  SSEDecoder.feed (orjson parse inside) + ChunkParser.feed per line
   ``resilience``      ResilientUpstream around a provider yielding ready events (no I/O):
-                      what the timeouts/retries/breaker layer adds per event
+                      what the timeouts/retries/breaker layer adds per event, read as the
+                      turn runner reads it (``Call.drive``); ``resilience_iterated``: read
+                      with ``async for`` (a cancel scope per event)
   ``turn_delta``      protocol.turn.Turn.add_delta
   ``trio_socket_recv`` one send + one receive_some of a chunk over a trio socketpair
                       (the syscalls and the scheduler, per upstream read)
@@ -152,16 +154,22 @@ def _trio(fn: Callable[[int], Any]) -> Callable[[int], None]:
     return lambda n: trio.run(fn, n)
 
 
-async def _resilience_async(n: int, direct: bool) -> None:
+async def _resilience_async(n: int, how: str) -> None:
+    """``how``: "direct" (the provider's events alone), "iterate" (``async for`` over the
+    resilient call: a cancel scope per event) or "drive" (``Call.drive``, as the turn
+    runner reads: one scope per attempt, its deadline moved lazily)."""
     provider = _ReadyProvider(n)
-    cm = (
-        provider.stream([], max_tokens=n)
-        if direct
-        else ResilientUpstream(provider).stream([], max_tokens=n)
-    )
-    async with cm as events:
-        async for _ in events:
-            pass
+    if how == "direct":
+        async with provider.stream([], max_tokens=n) as events:
+            async for _ in events:
+                pass
+        return
+    async with ResilientUpstream(provider).stream([], max_tokens=n) as call:
+        if how == "drive":
+            await call.drive(lambda _event: False)
+        else:
+            async for _ in call:
+                pass
 
 
 async def _socket_roundtrip(n: int, payload: bytes) -> None:
@@ -188,14 +196,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "stages.json")
     args = parser.parse_args()
     n, rep = args.n, args.repeat
-    direct = _rounds(_trio(lambda k: _resilience_async(k, True)), n, rep)
-    wrapped = _rounds(_trio(lambda k: _resilience_async(k, False)), n, rep)
+    direct = _rounds(_trio(lambda k: _resilience_async(k, "direct")), n, rep)
+    iterated = _rounds(_trio(lambda k: _resilience_async(k, "iterate")), n, rep)
+    driven = _rounds(_trio(lambda k: _resilience_async(k, "drive")), n, rep)
     read = {
         "chunked_decode": _rounds(chunked_decode, n, rep),
         "line_split": _rounds(line_split, n, rep),
         "sse_json_chunk": _rounds(sse_json_chunk, n, rep),
         "async_generator_alone": direct,
-        "resilience": wrapped - direct,
+        "resilience": driven - direct,
+        "resilience_iterated": iterated - direct,
         "turn_delta": _rounds(turn_delta, n, rep),
         "trio_socket_recv": _rounds(_trio(lambda k: _socket_roundtrip(k, CHUNK)), n, rep),
     }

@@ -22,6 +22,7 @@ from server.auth.identity import note_activity
 from server.llm.base import (
     ChatMessage,
     StreamEnd,
+    StreamEvent,
     TokenDelta,
     UpstreamError,
     UpstreamTimeout,
@@ -146,32 +147,37 @@ class Generation:
         sent_at = time.perf_counter()
         self.svc.metrics.dispatch_seconds.observe(sent_at - live.received_at)
         obs.dispatched()
+        relay = self.relay
+
+        def on_event(event: StreamEvent) -> bool:
+            """One upstream event (no awaits: see ``Call.drive``); True ends the stream."""
+            if isinstance(event, TokenDelta):
+                t0 = time.perf_counter()
+                if live.last_delta_at:
+                    live.gap += 0.3 * (t0 - live.last_delta_at - live.gap)
+                live.last_delta_at = t0
+                if turn.state is TurnState.PENDING:
+                    turn.start_streaming()
+                    obs.token()
+                result = turn.add_delta(event.text)
+                if result.chunk is not None:
+                    live.send_delta(live.delta(result.chunk, result.text), t0)
+                    relay.on_delta(live, result.chunk, result.text)
+                return result.truncated
+            if isinstance(event, StreamEnd):
+                if event.usage is not None:
+                    live.usage_in = event.usage.prompt_tokens
+                if turn.state is TurnState.STREAMING and event.finish_reason == "length":
+                    turn.finish(TurnState.TRUNCATED, "length")
+                else:
+                    turn.finish(TurnState.COMPLETED, event.finish_reason or "stop")
+                return True
+            return False
+
         async with self.upstream.stream(
             self.upstream_messages(live), max_tokens=self.cfg.max_output_tokens
-        ) as events:
-            async for event in events:
-                if isinstance(event, TokenDelta):
-                    t0 = time.perf_counter()
-                    if live.last_delta_at:
-                        live.gap += 0.3 * (t0 - live.last_delta_at - live.gap)
-                    live.last_delta_at = t0
-                    if turn.state is TurnState.PENDING:
-                        turn.start_streaming()
-                        obs.token()
-                    result = turn.add_delta(event.text)
-                    if result.chunk is not None:
-                        live.send_delta(live.delta(result.chunk, result.text), t0)
-                        self.relay.on_delta(live, result.chunk, result.text)
-                    if result.truncated:
-                        return
-                elif isinstance(event, StreamEnd):
-                    if event.usage is not None:
-                        live.usage_in = event.usage.prompt_tokens
-                    if turn.state is TurnState.STREAMING and event.finish_reason == "length":
-                        turn.finish(TurnState.TRUNCATED, "length")
-                    else:
-                        turn.finish(TurnState.COMPLETED, event.finish_reason or "stop")
-                    return
+        ) as call:
+            await call.drive(on_event)
 
     async def checkpoint_loop(self) -> None:
         """Every checkpoint interval, store the text so far of every turn that grew, in one

@@ -38,7 +38,10 @@ class OutboxLike(Protocol):
 class Upstream(Protocol):
     """The model, behind its timeouts, retries and breaker (``ResilientUpstream``)."""
 
-    def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int) -> Any: ...
+    def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int) -> Any:
+        """An async context manager of a ``server.llm.resilience.Call``: the turn runner
+        reads it with ``await call.drive(on_event)``."""
+        ...
 
     def unavailable_for(self) -> float:
         """Seconds the upstream is being skipped (breaker open); 0 when calls go through."""

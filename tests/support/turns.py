@@ -4,7 +4,7 @@ an upstream that yields what the test sends into it."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -53,6 +53,31 @@ class FakeOutbox:
                 await self.arrived.wait()
 
 
+class _FakeCall:
+    """What ``ResilientUpstream.stream`` yields (``server.llm.resilience.Call``), minus
+    the timeouts: iterable, or driven with a callback."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Any]:
+        async for item in self._receive:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+            if isinstance(item, StreamEnd):
+                return
+
+    async def drive(self, on_event: Callable[[Any], bool]) -> None:
+        async with contextlib.aclosing(self._events()) as events:
+            async for item in events:
+                if on_event(item):
+                    return
+
+
 class FakeUpstream:
     """Each stream() yields what the test sends into it; ``fail`` ends it with an error."""
 
@@ -67,18 +92,10 @@ class FakeUpstream:
     @contextlib.asynccontextmanager
     async def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int
-    ) -> AsyncIterator[AsyncIterator[Any]]:
+    ) -> AsyncIterator[_FakeCall]:
         self.calls.append(list(messages))
 
-        async def events() -> AsyncIterator[Any]:
-            async for item in self._receive:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-                if isinstance(item, StreamEnd):
-                    return
-
-        yield events()
+        yield _FakeCall(self._receive)
 
     async def token(self, *texts: str) -> None:
         for t in texts:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,14 +125,34 @@ def upstream(
     )
 
 
+DRIVE = False  # set per test by the ``mode`` fixture: read by ``Call.drive`` or ``async for``
+
+
+@pytest.fixture(autouse=True, params=["iterate", "drive"])
+def mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs both ways of reading a call: the same timeouts, retries, verdicts."""
+    global DRIVE
+    DRIVE = request.param == "drive"
+    yield str(request.param)
+    DRIVE = False
+
+
 async def drain(
     up: ResilientUpstream, max_tokens: int = 100
 ) -> tuple[list[StreamEvent], BaseException | None]:
     got: list[StreamEvent] = []
+
+    def take(event: StreamEvent) -> bool:
+        got.append(event)
+        return False
+
     try:
         async with up.stream(MSGS, max_tokens=max_tokens) as events:
-            async for e in events:
-                got.append(e)
+            if DRIVE:
+                await events.drive(take)
+            else:
+                async for e in events:
+                    got.append(e)
     except UpstreamError as exc:
         return got, exc
     return got, None
@@ -212,7 +232,9 @@ async def test_gap_timeout_after_tokens(autojump_clock: trio.testing.MockClock) 
     got, err = await drain(upstream(p))
     assert got == [TokenDelta("a"), TokenDelta("b")]
     assert isinstance(err, UpstreamTimeout) and err.phase == "gap"
-    assert trio.current_time() - t0 == pytest.approx(3.9)
+    # driven, the deadline moves lazily: up to gap_slack (here 2 s / 20) later, never earlier
+    late = 0.1 if DRIVE else 0.0
+    assert trio.current_time() - t0 == pytest.approx(3.9 + late)
     assert p.calls == 1
 
 
@@ -382,3 +404,57 @@ async def test_stream_ending_without_end_event_is_retried(
     p2 = ScriptedProvider([[], ok("b")])
     got, err = await drain(upstream(p2))
     assert err is None and got[0] == TokenDelta("b") and p2.calls == 2
+
+
+async def test_driven_the_gap_is_caught_within_the_slack_after_the_last_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # tokens 0.03 s apart (closer than the 0.1 s slack), then a stall
+    p = ScriptedProvider([[*[("tok", "t"), ("sleep", 0.03)] * 20, ("sleep", FOREVER)]])
+    got: list[StreamEvent] = []
+    last = 0.0
+
+    def take(event: StreamEvent) -> bool:
+        nonlocal last
+        got.append(event)
+        last = trio.current_time()
+        return False
+
+    with pytest.raises(UpstreamTimeout) as caught:
+        async with upstream(p).stream(MSGS, max_tokens=10) as call:
+            await call.drive(take)
+    assert caught.value.phase == "gap" and len(got) == 20
+    assert 2.0 <= trio.current_time() - last <= 2.0 + 0.1 + 1e-9
+
+
+async def test_driven_the_callback_stops_the_stream(autojump_clock: trio.testing.MockClock) -> None:
+    p = ScriptedProvider([ok("a", "b", "c")])
+    up = upstream(p)
+    got: list[StreamEvent] = []
+
+    def take(event: StreamEvent) -> bool:
+        got.append(event)
+        return len(got) == 2  # e.g. the runner's 64 KiB cut
+
+    async with up.stream(MSGS, max_tokens=3) as call:
+        await call.drive(take)
+        await call.drive(take)  # a finished call hands out nothing more
+    assert got == [TokenDelta("a"), TokenDelta("b")]
+    assert p.open_streams == 0 and p.closed == 1
+    assert up.breaker.consecutive_failures == 0
+
+
+async def test_driven_a_fault_of_the_callback_is_not_an_upstream_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    p = ScriptedProvider([ok("a", "b")])
+    up = upstream(p)
+
+    def take(_event: StreamEvent) -> bool:
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        async with up.stream(MSGS, max_tokens=3) as call:
+            await call.drive(take)
+    assert p.calls == 1 and p.open_streams == 0  # not retried, the stream closed
+    assert up.breaker.consecutive_failures == 0
