@@ -7,7 +7,7 @@ import secrets
 
 import orjson
 import trio
-from quart import Response, g, has_websocket_context, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -29,6 +29,8 @@ from server.tracing import configure_tracing
 from server.turns import TurnManager
 from server.web import register_web
 from server.ws import heartbeat
+from server.ws.admission import SUBPROTOCOL
+from server.ws.asgi import WebSocket, WsFront
 from server.ws.connection import WsConfig, handle_websocket, sweep_connections
 from server.ws.hub import Hub
 from store.messages import interrupt_streaming
@@ -151,9 +153,6 @@ def create_app(
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
-        if has_websocket_context():
-            log.error("unhandled_ws_error", exc_info=exc)
-            raise exc
         log.error("unhandled_error", path=request.path, traceId=g.get("trace_id"), exc_info=exc)
         svc.metrics.count_error("SERVER", "SERVER_ERROR")
         return _error("SERVER_ERROR", "internal error", 500, retryable=True)
@@ -182,9 +181,21 @@ def create_app(
     app.config["PARLEY_DRAIN"] = _drain
     background = trio.CancelScope()
 
-    @app.websocket("/ws")
-    async def _ws() -> None:
-        await handle_websocket(svc, hub, turns, ws_cfg, load)
+    async def _ws(ws: WebSocket) -> None:
+        await handle_websocket(svc, hub, turns, ws_cfg, load, ws)
+
+    @app.route("/ws", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def _ws_without_upgrade() -> Response:
+        raise ApiError(
+            "VALIDATION_FAILED",
+            f"/ws is the WebSocket endpoint: open it with an upgrade offering {SUBPROTOCOL!r}",
+        )
+
+    def _refused(err: ApiError) -> None:
+        svc.metrics.count_error(err.error_class.value, err.code)
+
+    # /ws is served from ASGI in front of Quart (server/ws/asgi.py); the REST API on Quart
+    app.asgi_app = WsFront(app.asgi_app, _ws, on_refused=_refused)  # type: ignore[method-assign,assignment]
 
     background_done = trio.Event()
 

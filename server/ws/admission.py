@@ -12,8 +12,6 @@ from __future__ import annotations
 import uuid
 from typing import Any, NoReturn
 
-from quart import abort, websocket
-
 from protocol.close_codes import CloseCode, close_reason
 from protocol.errors import AUTH_CLOSE_CODES, ErrorCode, ProtocolError
 from server.auth.identity import UNREAD, Principal, authenticate, deny_key, verify_token
@@ -24,6 +22,7 @@ from server.logging import get_logger
 from server.net import forwarded_ip
 from server.services import Services
 from server.ws import session_log
+from server.ws.asgi import WebSocket
 from server.ws.heartbeat import SCOPE_KEY
 from server.ws.hub import Hub
 from server.ws.outbox import Outbox
@@ -46,39 +45,39 @@ BEARER_PREFIX = "bearer."
 PRESENCE_TTL = 60.0  # seconds; each instance refreshes its sockets every PRESENCE_TTL / 3
 
 
-def _client_ip(svc: Services) -> str:
+def _client_ip(svc: Services, websocket: WebSocket) -> str:
     ip = forwarded_ip(
-        websocket.headers.get("X-Forwarded-For", ""),
+        websocket.headers.get("x-forwarded-for", ""),
         websocket.remote_addr,
         trust_proxy=svc.settings.trust_proxy_headers,
     )
     return ip or ""
 
 
-async def _refuse_before_upgrade(svc: Services, deny: str | None) -> Any:
+async def _refuse_before_upgrade(svc: Services, websocket: WebSocket, deny: str | None) -> Any:
     """HTTP refusals: they happen before the upgrade, as plain HTTP answers. With the
     address's upgrade count, the same cache round trip reads ``deny`` (the token's
     deny-list key, when it has a valid token): its value is returned (``UNREAD`` if not
     read)."""
     if svc.draining.is_set():
-        _refuse(503, "this server is draining; reconnect to another instance")
-    origin = websocket.headers.get("Origin")
+        _refuse("SERVICE_UNAVAILABLE", "this server is draining; reconnect to another instance")
+    origin = websocket.headers.get("origin")
     if origin is not None and origin.rstrip("/") not in svc.settings.origins:
         _refuse(
-            403,
+            "FORBIDDEN",
             f"WebSocket origin {origin[:200]!r} is not allowed; "
             "the server's operator can add it to PARLEY_ALLOWED_ORIGINS",
         )
     if SUBPROTOCOL not in websocket.requested_subprotocols:
         _refuse(
-            400,
+            "VALIDATION_FAILED",
             f"offer the WebSocket subprotocol {SUBPROTOCOL!r} "
             f"(with '{BEARER_PREFIX}<access token>' beside it)",
         )
     cached: Any = UNREAD
     try:
         allowed, retry, values = await svc.cache.hit_rate_and_get(
-            f"rl:wsup:{_client_ip(svc)}",
+            f"rl:wsup:{_client_ip(svc, websocket)}",
             svc.settings.ws_upgrades_per_ip_per_hour,
             3600,
             [deny] if deny is not None else [],
@@ -127,19 +126,22 @@ async def _over_user_cap(
         return hub.count_for_user(user_id) >= cfg.max_connections_per_user
 
 
-async def _close(svc: Services, code: CloseCode, reason: str, dropped: str) -> None:
+async def _close(
+    svc: Services, websocket: WebSocket, code: CloseCode, reason: str, dropped: str
+) -> None:
     svc.metrics.ws_dropped.labels(dropped).inc()
     session_log.refused(close_code=int(code), reason=reason)
     await websocket.close(int(code), reason)
 
 
-def _refuse(status: int, message: str) -> NoReturn:
+def _refuse(code: str, message: str) -> NoReturn:
     """Refuse the upgrade with a plain HTTP answer (``message`` says what to change)."""
-    session_log.refused(status=status, reason=message)
-    abort(status, message)
+    err = ApiError(code, message)
+    session_log.refused(status=err.status, reason=message)
+    raise err
 
 
-async def admit(svc: Services, hub: Hub, cfg: WsConfig) -> Connection | None:
+async def admit(svc: Services, websocket: WebSocket, hub: Hub, cfg: WsConfig) -> Connection | None:
     """Run the handshake; the connection to serve, or None when it was refused (and closed)."""
     offered = websocket.requested_subprotocols
     token = next((p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), "")
@@ -153,7 +155,7 @@ async def admit(svc: Services, hub: Hub, cfg: WsConfig) -> Connection | None:
         claims = verify_token(svc, token)
     except Exception as exc:  # said after accepting (a fault of ours: SERVER_ERROR)
         refusal = exc
-    cached = await _refuse_before_upgrade(svc, deny_key(claims.sid) if claims else None)
+    cached = await _refuse_before_upgrade(svc, websocket, deny_key(claims.sid) if claims else None)
     await websocket.accept(subprotocol=SUBPROTOCOL)
 
     # Authenticate after accepting, so the browser can read the close code.
@@ -164,26 +166,26 @@ async def admit(svc: Services, hub: Hub, cfg: WsConfig) -> Connection | None:
         principal = await authenticate(svc, token, claims=claims, cached=cached)
     except ProtocolError as exc:
         code = AUTH_CLOSE_CODES.get(exc.code, CloseCode.TOKEN_INVALID)
-        await _close(svc, code, close_reason(code), "auth")
+        await _close(svc, websocket, code, close_reason(code), "auth")
         return None
     except Exception:
         log.exception("ws_auth_failed")
-        await _close(svc, CloseCode.INTERNAL, "SERVER_ERROR", "server_error")
+        await _close(svc, websocket, CloseCode.INTERNAL, "SERVER_ERROR", "server_error")
         return None
     if hub.count() >= cfg.max_connections:
         code = CloseCode.TRY_AGAIN_LATER
-        await _close(svc, code, close_reason(code), "instance_full")
+        await _close(svc, websocket, code, close_reason(code), "instance_full")
         return None
     conn_id = uuid.uuid4().hex
     if await _over_user_cap(svc, hub, cfg, principal.user_id, conn_id):
         code = CloseCode.TOO_MANY_CONNECTIONS
-        await _close(svc, code, close_reason(code), "user_limit")
+        await _close(svc, websocket, code, close_reason(code), "user_limit")
         return None
     return Connection(
         id=conn_id,
         user_id=principal.user_id,
         session_id=principal.session_id,
         claims=principal.claims,
-        heartbeat=websocket.scope.get(SCOPE_KEY),  # type: ignore[arg-type]
+        heartbeat=websocket.scope.get(SCOPE_KEY),
         outbox=Outbox(max_frames=cfg.outbox_max_frames, max_bytes=cfg.outbox_max_bytes),
     )

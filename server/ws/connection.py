@@ -13,7 +13,6 @@ from contextlib import suppress
 from typing import Any
 
 import trio
-from quart import websocket
 
 from protocol.close_codes import CloseCode, close_reason
 from protocol.codec import new_trace_id, parse_client_frame
@@ -27,6 +26,7 @@ from server.services import Services
 from server.turns import TurnManager
 from server.ws import session_log
 from server.ws.admission import PRESENCE_TTL, admit, presence_key, presence_member
+from server.ws.asgi import Disconnected, WebSocket
 from server.ws.dispatch import Dispatcher
 from server.ws.hub import Hub
 from server.ws.state import Connection, WsConfig
@@ -38,14 +38,14 @@ log = get_logger("parley.ws")
 
 
 async def handle_websocket(
-    svc: Services, hub: Hub, turns: TurnManager, cfg: WsConfig, load: LoadMonitor
+    svc: Services, hub: Hub, turns: TurnManager, cfg: WsConfig, load: LoadMonitor, ws: WebSocket
 ) -> None:
     """The whole life of one WebSocket, from the HTTP upgrade to the close."""
-    conn = await admit(svc, hub, cfg)
+    conn = await admit(svc, ws, hub, cfg)
     if conn is None:
         return
     dispatcher = Dispatcher(svc, turns, cfg)
-    started = session_log.started(conn)
+    started = session_log.started(conn, ws.headers.get("traceparent"))
     # session.ready is the first frame: queued before the connection is in the hub, where
     # a drain (server.draining) or a revocation could reach it
     conn.outbox.push_frame(dispatcher.ready_frame(conn, ReplyTo.unsolicited()))
@@ -54,8 +54,9 @@ async def handle_websocket(
     try:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_writer, svc, load, conn, cfg, nursery.cancel_scope)
-                nursery.start_soon(_reader, svc, dispatcher, conn, cfg)
+                scope = nursery.cancel_scope
+                nursery.start_soon(_writer, svc, load, conn, cfg, ws, scope)
+                nursery.start_soon(_reader, svc, dispatcher, conn, cfg, ws, scope)
                 nursery.start_soon(_close_watchdog, conn, nursery.cancel_scope)
                 # bookkeeping beside the connection: a slow cache or database must not
                 # hold up session.ready or the client's first frames
@@ -64,7 +65,7 @@ async def handle_websocket(
             log.exception("ws_connection_failed", userId=conn.user_id, connectionId=conn.id)
             svc.metrics.ws_dropped.labels("server_error").inc()
             with trio.move_on_after(2):
-                await websocket.close(int(CloseCode.INTERNAL), "SERVER_ERROR")
+                await ws.close(int(CloseCode.INTERNAL), "SERVER_ERROR")
     finally:
         hub.remove(conn)
         turns.detach(conn.outbox)
@@ -84,13 +85,19 @@ async def _note_activity(svc: Services, user_id: str) -> None:
 
 
 async def _writer(
-    svc: Services, load: LoadMonitor, conn: Connection, cfg: WsConfig, scope: trio.CancelScope
+    svc: Services,
+    load: LoadMonitor,
+    conn: Connection,
+    cfg: WsConfig,
+    ws: WebSocket,
+    scope: trio.CancelScope,
 ) -> None:
     """The only task that writes to the socket; performs the close once the queue is sent."""
     frames = svc.metrics.ws_frames
     out: dict[str, Any] = {}  # metric children by frame type (labels() costs per call)
     relay = svc.metrics.relay_seconds
     outbox = conn.outbox
+    send = ws.send
     linger = cfg.coalesce_seconds
     while True:
         if linger > 0 and load.under_pressure and not conn.closing.is_set():
@@ -107,7 +114,7 @@ async def _writer(
             await outbox.wait()
             continue
         frame, t0 = item
-        await websocket.send(frame.text)
+        await send(frame.text)
         conn.chars_out += len(frame.text)
         counter = out.get(frame.type)
         if counter is None:
@@ -115,7 +122,7 @@ async def _writer(
         counter.inc()
         if t0 is not None:
             relay.observe(time.perf_counter() - t0)
-    await websocket.close(conn.close_code or 1000, conn.close_reason)
+    await ws.close(conn.close_code or 1000, conn.close_reason)
     scope.cancel()
 
 
@@ -127,10 +134,21 @@ async def _close_watchdog(conn: Connection, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _reader(svc: Services, dispatcher: Dispatcher, conn: Connection, cfg: WsConfig) -> None:
+async def _reader(
+    svc: Services,
+    dispatcher: Dispatcher,
+    conn: Connection,
+    cfg: WsConfig,
+    ws: WebSocket,
+    scope: trio.CancelScope,
+) -> None:
     frames = svc.metrics.ws_frames
     while not conn.closing.is_set():
-        raw = await websocket.receive()
+        try:
+            raw = await ws.receive()
+        except Disconnected:  # the peer is gone: nothing left to write to
+            scope.cancel()
+            return
         conn.chars_in += len(raw or "")
         try:
             # an empty binary frame arrives as None (Quart reads ``bytes or text``)
@@ -180,14 +198,23 @@ def _too_many_invalid(conn: Connection, cfg: WsConfig) -> bool:
     return len(conn.invalid_at) >= cfg.invalid_frames_limit
 
 
-def check_connection(svc: Services, conn: Connection, cfg: WsConfig, now: float) -> None:
-    """Pong deadline, token expiry, slow consumer: each one closes the connection."""
+def check_connection(
+    svc: Services,
+    conn: Connection,
+    cfg: WsConfig,
+    now: float,
+    wall: float | None = None,
+    mono: float | None = None,
+) -> None:
+    """Pong deadline, token expiry, slow consumer: each one closes the connection.
+    ``now`` is trio's clock; ``wall`` and ``mono``, ``time.time()`` and
+    ``time.monotonic()`` when the caller read them once for many connections."""
     if conn.closing.is_set():
         return
-    if conn.heartbeat is not None and conn.heartbeat.overdue(cfg.pong_timeout):
+    if conn.heartbeat is not None and conn.heartbeat.overdue(cfg.pong_timeout, mono):
         svc.metrics.ws_dropped.labels("pong_timeout").inc()
         conn.close(int(CloseCode.INTERNAL), "PING_TIMEOUT")
-    elif conn.claims.exp <= time.time():
+    elif conn.claims.exp <= (time.time() if wall is None else wall):
         svc.metrics.ws_dropped.labels("token_expired").inc()
         conn.close(int(CloseCode.TOKEN_EXPIRED), close_reason(CloseCode.TOKEN_EXPIRED))
     elif conn.outbox.over_since is not None and now - conn.outbox.over_since >= cfg.stall_timeout:
@@ -204,9 +231,9 @@ async def sweep_connections(svc: Services, hub: Hub, cfg: WsConfig, every: float
     next_presence = trio.current_time() + PRESENCE_TTL / 3
     while True:
         await trio.sleep(every)
-        now = trio.current_time()
+        now, wall, mono = trio.current_time(), time.time(), time.monotonic()
         for conn in hub.all():
-            check_connection(svc, conn, cfg, now)
+            check_connection(svc, conn, cfg, now, wall, mono)
         if now >= next_presence:
             next_presence = now + PRESENCE_TTL / 3
             await renew_presence(svc, hub)

@@ -39,9 +39,12 @@ class HeartbeatState:
         self.outstanding_since = None
         self.pongs += 1
 
-    def overdue(self, timeout: float) -> bool:
+    def overdue(self, timeout: float, now: float | None = None) -> bool:
+        """``now``: ``time.monotonic()`` if the caller has read it already."""
         since = self.outstanding_since
-        return since is not None and time.monotonic() - since > timeout
+        if since is None:
+            return False
+        return (time.monotonic() if now is None else now) - since > timeout
 
 
 _installed = False

@@ -13,7 +13,6 @@ import re
 import time
 
 import structlog
-from quart import websocket
 
 from server.logging import get_logger
 from server.ws.state import Connection
@@ -25,10 +24,10 @@ log = get_logger("parley.access")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
-def started(conn: Connection) -> float:
-    """Bind the session's keys; an upgrade's ``traceparent`` becomes the trace of the
-    frames (and so the turns) that carry no ``traceId`` of their own."""
-    m = _TRACEPARENT.match((websocket.headers.get("traceparent") or "").strip().lower())
+def started(conn: Connection, traceparent: str | None) -> float:
+    """Bind the session's keys; the upgrade's ``traceparent`` header becomes the trace of
+    the frames (and so the turns) that carry no ``traceId`` of their own."""
+    m = _TRACEPARENT.match((traceparent or "").strip().lower())
     if m is not None and m.group(1) != "0" * 32:
         conn.trace_id = m.group(1)
     structlog.contextvars.bind_contextvars(connectionId=conn.id, userId=conn.user_id)

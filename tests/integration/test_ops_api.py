@@ -49,3 +49,12 @@ async def test_http_errors_are_counted(api: ApiClient) -> None:
     for code in ("NOT_FOUND", "METHOD_NOT_ALLOWED"):
         line = f'parley_errors_total{{class="{REST[code].cls.value}",code="{code}"}} 1.0'
         assert line in text, line
+
+
+async def test_ws_without_an_upgrade_says_how_to_open_it(api: ApiClient) -> None:
+    for method in ("GET", "POST"):
+        r = await api.call(method, "/ws")
+        assert r.status == 400, method
+        assert r.body["error"]["code"] == "VALIDATION_FAILED"
+        assert "upgrade offering 'chat.v1'" in r.body["error"]["message"]
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
