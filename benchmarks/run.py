@@ -12,7 +12,9 @@ the exact command that reproduces it) and plots to ``benchmarks/results/*.png``.
 Scenarios: ``smoke``, ``relay`` (1/100/500[/1000] streams at 20 tokens/s, Parley and
 floor, plus the direct-to-upstream measuring floor), ``comparison`` (200 streams x 200
 tokens at 50 tokens/s, fresh server), ``dispatch`` (embedded and MariaDB + Redis),
-``idle`` (1k/5k/10k authenticated idle WebSockets).
+``idle`` (1k/5k/10k authenticated idle WebSockets), ``workers`` (``parley serve --workers``
+1 and 2 on MariaDB + Redis: the comparison's load and 1,000 streams at 20 tokens/s; not in
+the default set). A server's CPU and RSS include its worker processes.
 """
 
 from __future__ import annotations
@@ -63,19 +65,39 @@ PROFILE: dict[str, Any] = {"dir": None, "n": 0}
 # -- process probes -------------------------------------------------------------------
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (``parley serve --workers N``: the supervisor and
+    its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, from /proc/<pid>/stat."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of a process and its live descendants, from /proc/<pid>/stat."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            raw = Path(f"/proc/{p}/stat").read_text()
+            fields = raw[raw.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def memory(pid: int) -> dict[str, float]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            out[line.split(":")[0]] = int(line.split()[1]) / 1024  # MiB
-    return {"rss_mib": out.get("VmRSS", 0.0), "peak_rss_mib": out.get("VmHWM", 0.0)}
+    """RSS and peak RSS (MiB), summed over the process and its live descendants."""
+    out = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0]] += int(line.split()[1]) / 1024
+    return {"rss_mib": out["VmRSS"], "peak_rss_mib": out["VmHWM"]}
 
 
 def free_port() -> int:
@@ -175,7 +197,11 @@ def _mysql(sql: str) -> None:
 
 @contextlib.contextmanager
 def parley_server(
-    fake_base: str, backend: str, workdir: Path, extra_env: dict[str, str] | None = None
+    fake_base: str,
+    backend: str,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[Server]:
     port = free_port()
     data = workdir / f"parley-{port}"
@@ -206,7 +232,10 @@ def parley_server(
     env.update(extra_env or {})
     log = open(data / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(PARLEY_BIN), "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+        [str(PARLEY_BIN), "serve", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        stdout=log,
+        stderr=log,
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc)
@@ -544,15 +573,42 @@ def scenario_dispatch(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
 def scenario_idle(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     levels = [200, 1000] if args.quick else [1000, 5000, 10000]
     out: dict[str, Any] = {"levels": []}
+    # held one ping interval (25 s): every socket is pinged once while measured
+    hold = 5.0 if args.quick else 25.0
     with running_fake_upstream() as (_p, fake_base):
         for n in levels:
             with parley_server(fake_base, "sqlite", workdir) as srv:
-                r = idle_run(srv, workdir, n, hold_s=5.0 if args.quick else 10.0)
+                r = idle_run(srv, workdir, n, hold_s=hold)
             out["levels"].append(r)
             _say(
                 f"idle {n}: connected={r['connected']} rss={r['rss_connected_mib']}MiB "
                 f"({r['kib_per_connection']} KiB/conn) idle cpu={r['idle_cpu_util']}"
             )
+        # the largest level again without the server's pings (one an hour): what they cost
+        n = levels[-1]
+        quiet = {"PARLEY_WS_PING_INTERVAL_SECONDS": "3600"}
+        with parley_server(fake_base, "sqlite", workdir, extra_env=quiet) as srv:
+            r = idle_run(srv, workdir, n, hold_s=hold)
+        out["without_pings"] = r
+        _say(f"idle {n} without pings: idle cpu={r['idle_cpu_util']} rss={r['rss_connected_mib']}")
+    return out
+
+
+def scenario_workers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """``parley serve --workers 1`` and ``2`` on MariaDB + Redis: the comparison's 200
+    streams at 50 tok/s, and 1,000 streams at 20 tok/s (CPU and memory: all processes)."""
+    heavy = (100, 60, 20.0) if args.quick else (1000, 200, 20.0)
+    comp = (50, 50, 50.0) if args.quick else (200, 200, 50.0)
+    out: dict[str, Any] = {"comparison": {}, "streams_1000": {}}
+    with running_fake_upstream() as (_fake_proc, fake_base):
+        fake_root = fake_base[: -len("/v1")]
+        for n in (1, 2):
+            for key, (clients, tokens, tps) in (("comparison", comp), ("streams_1000", heavy)):
+                with parley_server(fake_base, "mysql", workdir, workers=n) as srv:
+                    r = stream_run(srv, fake_root, workdir, clients=clients, tokens=tokens, tps=tps)
+                    r["workers"] = n
+                    out[key][str(n)] = r
+                    _say(f"workers {n} {key}: " + _brief(r))
     return out
 
 
@@ -562,6 +618,7 @@ SCENARIOS = {
     "comparison": scenario_comparison,
     "dispatch": scenario_dispatch,
     "idle": scenario_idle,
+    "workers": scenario_workers,
 }
 DEFAULT = ["relay", "comparison", "dispatch", "idle"]
 

@@ -1,0 +1,287 @@
+"""What one WebSocket frame, and one relayed token, cost on this stack with nothing of
+Parley's: the floor under the per-token targets.
+
+Each case is a server process doing as little as the case allows, driven by a client
+process (trio-websocket) on the same box; the figure is the **server's** CPU (user +
+system, from ``/proc``) divided by the frames it sent. ``--streams`` sockets each get
+``--frames`` frames ``--gap`` seconds apart (the comparison's shape: 200 streams at 50 frames a
+second), so every frame also costs the wake-up that paces it, as a relayed token does.
+
+- ``timer_wake``: no sockets; ``--streams`` trio tasks each sleeping ``--gap``, ``--frames``
+  times: trio's cost of waking a task (the least a token can cost).
+- ``wsproto``: ``trio.serve_tcp`` + wsproto, frames written with ``send_all``: the least a
+  WebSocket frame costs on trio, with no ASGI server.
+- ``hypercorn``: a raw ASGI callable under Hypercorn's trio worker (what Parley's ``/ws``
+  now is, without Parley).
+- ``quart``: Quart-trio's ``websocket.send`` under the same Hypercorn (what ``/ws`` was).
+- ``relay``: the least a relayed token costs: a feeder process writes one SSE-shaped line
+  every ``--gap`` on each of ``--streams`` TCP connections; the server (trio +
+  wsproto, no Hypercorn, no HTTP client, no JSON) waits for each line and writes it out as
+  one WebSocket frame. One upstream wake + read + one frame written per token.
+
+    .venv/bin/python benchmarks/ws_stack.py      # writes benchmarks/results/ws_stack.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.run import machine  # noqa: E402
+
+RESULTS = HERE / "results"
+FRAME = (
+    '{"type":"chat.stream","requestId":"r-1","traceId":"0123456789abcdef0123456789abcdef",'
+    '"data":{"conversationId":"c","messageId":"m","seq":2,"chunk":1,"delta":" tok42"}}'
+)
+LINE = b'data: {"choices":[{"delta":{"content":" tok42"}}]}\n\n'
+CASES = ("timer_wake", "wsproto", "hypercorn", "quart", "relay")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- server side
+
+
+async def _wsproto_server(port: int, a: argparse.Namespace, feeder: int | None) -> None:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        accepted = False
+        while not accepted:
+            ws.receive_data(await stream.receive_some(65536))
+            for ev in ws.events():
+                if isinstance(ev, Request):
+                    await stream.send_all(ws.send(AcceptConnection(subprotocol="chat.v1")))
+                    accepted = True
+        if feeder is None:
+            for _ in range(a.frames):
+                await stream.send_all(ws.send(TextMessage(data=FRAME)))
+                await trio.sleep(a.gap)
+        else:
+            up = await trio.open_tcp_stream("127.0.0.1", feeder)
+            for _ in range(a.frames):
+                line = await up.receive_some(65536)  # one line per wake at this pace
+                await stream.send_all(ws.send(TextMessage(data=line.decode())))
+            await up.aclose()
+        await stream.send_all(ws.send(CloseConnection(code=1000)))
+        await stream.aclose()
+
+    await trio.serve_tcp(handler, port, host="127.0.0.1")
+
+
+def _asgi_app(a: argparse.Namespace) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept", "subprotocol": "chat.v1"})
+        for _ in range(a.frames):
+            await send({"type": "websocket.send", "text": FRAME})
+            await trio.sleep(a.gap)
+        await send({"type": "websocket.close", "code": 1000})
+
+    return app
+
+
+def _quart_app(a: argparse.Namespace) -> Any:
+    from quart import websocket
+    from quart_trio import QuartTrio
+
+    app = QuartTrio("ws-stack")
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        await websocket.accept(subprotocol="chat.v1")
+        for _ in range(a.frames):
+            await websocket.send(FRAME)
+            await trio.sleep(a.gap)
+        await websocket.close(1000)
+
+    return app
+
+
+def serve(a: argparse.Namespace) -> None:
+    print("ready", flush=True)
+    if a.case in ("wsproto", "relay"):
+        trio.run(_wsproto_server, a.port, a, a.feeder if a.case == "relay" else None)
+        return
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    cfg = Config()
+    cfg.bind = [f"127.0.0.1:{a.port}"]
+    cfg.worker_class = "trio"
+    cfg.accesslog = None
+    cfg.websocket_ping_interval = 25.0
+    app = _asgi_app(a) if a.case == "hypercorn" else _quart_app(a)
+    trio.run(hypercorn_serve, app, cfg)
+
+
+def feed(a: argparse.Namespace) -> None:
+    """The relay case's upstream: a line every ``gap`` on each accepted connection."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        for _ in range(a.frames):
+            await stream.send_all(LINE)
+            await trio.sleep(a.gap)
+        await trio.sleep(5)  # let the last line be read before closing
+        await stream.aclose()
+
+    async def main() -> None:
+        await trio.serve_tcp(handler, a.port, host="127.0.0.1")
+
+    print("ready", flush=True)
+    trio.run(main)
+
+
+def timer_wake(a: argparse.Namespace) -> dict[str, float]:
+    async def one() -> None:
+        for _ in range(a.frames):
+            await trio.sleep(a.gap)
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            for _ in range(a.streams):
+                n.start_soon(one)
+
+    c0 = time.process_time()
+    trio.run(main)
+    return {"wakes": a.streams * a.frames, "cpu_s": time.process_time() - c0}
+
+
+# ---------------------------------------------------------------- client side
+
+
+async def _client(port: int, streams: int) -> int:
+    from trio_websocket import ConnectionClosed, open_websocket_url
+
+    got = 0
+
+    async def one() -> None:
+        nonlocal got
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/ws", subprotocols=["chat.v1"]) as ws:
+            try:
+                while True:
+                    await ws.get_message()
+                    got += 1
+            except ConnectionClosed:
+                pass
+
+    async with trio.open_nursery() as n:
+        for _ in range(streams):
+            n.start_soon(one)
+            await trio.sleep(0.002)  # connect gently: the figure is the steady state
+    return got
+
+
+def _start(args: list[str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # "ready"
+    time.sleep(1.0)  # imports done, listening
+    return proc
+
+
+def run_case(case: str, a: argparse.Namespace) -> dict[str, Any]:
+    if case == "timer_wake":
+        r = timer_wake(a)
+        return {"frames": r["wakes"], "us_per_frame": round(r["cpu_s"] / r["wakes"] * 1e6, 1)}
+    common = ["--frames", str(a.frames), "--gap", str(a.gap), "--streams", str(a.streams)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        feeder = None
+        if case == "relay":
+            feeder = _free_port()
+            procs.append(_start(["--role", "feed", "--port", str(feeder), *common]))
+        port = _free_port()
+        server_args = ["--role", "serve", "--case", case, "--port", str(port), *common]
+        if feeder is not None:
+            server_args += ["--feeder", str(feeder)]
+        server = _start(server_args)
+        procs.append(server)
+        c0 = _cpu_seconds(server.pid)
+        t0 = time.perf_counter()
+        got = trio.run(_client, port, a.streams)
+        cpu = _cpu_seconds(server.pid) - c0
+        return {
+            "frames": got,
+            "us_per_frame": round(cpu / max(got, 1) * 1e6, 1),
+            "server_cpu_s": round(cpu, 2),
+            "wall_s": round(time.perf_counter() - t0, 1),
+        }
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--role", choices=("bench", "serve", "feed"), default="bench")
+    p.add_argument("--case", choices=CASES)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--feeder", type=int, default=0)
+    p.add_argument("--streams", type=int, default=200)
+    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--gap", type=float, default=0.02)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--out", type=Path, default=RESULTS / "ws_stack.json")
+    a = p.parse_args()
+    if a.role == "serve":
+        serve(a)
+        return 0
+    if a.role == "feed":
+        feed(a)
+        return 0
+    cases: dict[str, Any] = {}
+    for case in CASES:
+        runs = [run_case(case, a) for _ in range(a.repeat)]
+        per = sorted(r["us_per_frame"] for r in runs)
+        cases[case] = {"us_per_frame_median": per[len(per) // 2], "runs": runs}
+        print(case, per, flush=True)
+    result = {
+        "command": " ".join(["benchmarks/ws_stack.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "streams": a.streams,
+        "frames_per_stream": a.frames,
+        "gap_s": a.gap,
+        "cases": cases,
+    }
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v["us_per_frame_median"] for k, v in cases.items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
