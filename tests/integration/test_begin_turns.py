@@ -156,3 +156,21 @@ def test_what_a_user_keeps_is_measured_for_the_batch_and_capped(engine: sa.Engin
             ).scalar_one()
             == 0
         )
+
+
+def test_batches_of_new_sizes_add_nothing_to_the_compiled_cache(engine: sa.Engine) -> None:
+    # The conversations' CASE UPDATE has one WHEN per conversation: cached, each batch size
+    # was a new entry holding its values (the soak's slow RSS growth).
+    user, convs = setup_user(engine, 12)
+    run(engine, [req(user, convs[0])])  # every other statement compiled and cached once
+    cache = engine._compiled_cache
+    assert cache is not None
+    before = len(cache)
+    for size in (2, 3):  # a user streams at most 3 at once: batches of 2 and 3 users' turns
+        others = [setup_user(engine, 1) for _ in range(size)]
+        results = run(engine, [req(u, c[0]) for u, c in others])
+        assert all(r.outcome is BeginOutcome.STARTED for r in results)
+    assert len(cache) == before
+    with engine.connect() as c:  # and the sequence numbers moved as before
+        seqs = c.execute(sa.select(conversations.c.last_seq).where(conversations.c.id == convs[0]))
+        assert seqs.scalar_one() == 2
