@@ -15,7 +15,7 @@ from protocol.errors import ProtocolError
 from server import access
 from server.auth.identity import flush_pending_denies, watch_revocations
 from server.drain import drain
-from server.errors import REST, ApiError, error_body
+from server.errors import REST, ApiError, error_body, retry_after_header
 from server.health import watch_cache
 from server.llm import create_provider
 from server.llm.resilience import BreakerState, ResilientUpstream, UpstreamPolicy
@@ -130,7 +130,7 @@ def create_app(
         body = error_body(code, message, retryable, g.get("trace_id") or secrets.token_hex(16))
         resp = Response(orjson.dumps(body), status=status, content_type="application/json")
         if retry_after is not None:
-            resp.headers["Retry-After"] = str(int(retry_after + 0.999))
+            resp.headers["Retry-After"] = retry_after_header(retry_after)
         return resp
 
     @app.errorhandler(ApiError)

@@ -17,7 +17,7 @@ from typing import Any
 
 from protocol.errors import ERRORS, ErrorClass, ErrorCode, ProtocolError
 
-__all__ = ["REST", "ApiError", "RestCode", "RestSpec", "error_body"]
+__all__ = ["REST", "ApiError", "RestCode", "RestSpec", "error_body", "retry_after_header"]
 
 
 class RestCode(StrEnum):
@@ -96,6 +96,11 @@ class ApiError(Exception):
     def from_protocol(cls, err: ProtocolError) -> ApiError:
         retry = None if err.retry_after_ms is None else err.retry_after_ms / 1000
         return cls(err.code.value, err.message, retry_after=retry)
+
+
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After``: whole seconds, rounded up (never sooner than the limit allows)."""
+    return str(int(seconds + 0.999))
 
 
 def error_body(code: str, message: str, retryable: bool, trace_id: str) -> dict[str, Any]:

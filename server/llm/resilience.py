@@ -218,21 +218,26 @@ class Call:
             self._attempt_start = trio.current_time()
         deadline, phase, secs = self._deadline()
         with trio.move_on_at(deadline) as scope:
-            try:
-                if self._events is None:
-                    await self._open_attempt()
-                assert self._events is not None
-                return await self._events.__anext__()
-            except StopAsyncIteration:
-                raise UpstreamError(
-                    "upstream stream ended without an end event", retryable=True
-                ) from None
-            except UpstreamError:
-                raise
-            except Exception as exc:  # a provider bug: still one error type for the caller
-                raise UpstreamError(f"upstream client failed: {exc!r}", retryable=False) from exc
+            return await self._pull()
         assert scope.cancelled_caught
         raise UpstreamTimeout(phase, secs)
+
+    async def _pull(self) -> StreamEvent:
+        """Open the attempt if needed and await one event (the caller holds the deadline);
+        whatever goes wrong is an :class:`UpstreamError`."""
+        try:
+            if self._events is None:
+                await self._open_attempt()
+            assert self._events is not None
+            return await self._events.__anext__()
+        except StopAsyncIteration:
+            raise UpstreamError(
+                "upstream stream ended without an end event", retryable=True
+            ) from None
+        except UpstreamError:
+            raise
+        except Exception as exc:  # a provider bug: still one error type for the caller
+            raise UpstreamError(f"upstream client failed: {exc!r}", retryable=False) from exc
 
     async def __anext__(self) -> StreamEvent:
         if self._finished:
@@ -298,28 +303,8 @@ class Call:
         slack = min(0.25, gap / 20)
         next_move = -float("inf")
         with trio.CancelScope(deadline=deadline) as scope:
-            try:
-                if self._events is None:
-                    await self._open_attempt()
-                events = self._events
-                assert events is not None
-            except UpstreamError:
-                raise
-            except Exception as exc:
-                raise UpstreamError(f"upstream client failed: {exc!r}", retryable=False) from exc
             while True:
-                try:
-                    event = await events.__anext__()
-                except StopAsyncIteration:
-                    raise UpstreamError(
-                        "upstream stream ended without an end event", retryable=True
-                    ) from None
-                except UpstreamError:
-                    raise
-                except Exception as exc:  # a provider bug: one error type for the caller
-                    raise UpstreamError(
-                        f"upstream client failed: {exc!r}", retryable=False
-                    ) from exc
+                event = await self._pull()
                 self._took(event)
                 if on_event(event) or self._finished:
                     self._finished = True

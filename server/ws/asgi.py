@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from server.errors import ApiError, error_body
+from server.errors import ApiError, error_body, retry_after_header
 from server.logging import get_logger
 from server.security import SECURITY_HEADERS
 
@@ -96,7 +96,7 @@ class WebSocket:
             *_REFUSAL_HEADERS,
         ]
         if err.retry_after is not None:
-            headers.append((b"retry-after", str(int(err.retry_after + 0.999)).encode()))
+            headers.append((b"retry-after", retry_after_header(err.retry_after).encode()))
         if "websocket.http.response" not in (self.scope.get("extensions") or {}):
             await self._send({"type": "websocket.close", "code": 1008})  # the server's 403
             return
