@@ -19,6 +19,16 @@ second), so every frame also costs the wake-up that paces it, as a relayed token
   wsproto, no Hypercorn, no HTTP client, no JSON) waits for each line and writes it out as
   one WebSocket frame. One upstream wake + read + one frame written per token.
 
+The idle cases hold ``--idle`` sockets open, each pinged every ``--ping-interval`` seconds
+(the client answers with a pong, as browsers do); the figure is the server's CPU over a
+``--hold`` divided by the pings sent: what one ping/pong exchange costs.
+
+- ``ping_hypercorn``: Hypercorn's own ping task per socket (``websocket_ping_interval``)
+  under a raw ASGI app that only waits: what Parley's ``/ws`` pings cost, without Parley.
+- ``ping_wsproto``: trio + wsproto, a ping task per socket and a reader per socket.
+- ``ping_sweep``: trio + wsproto, one task pinging every socket in turn each interval
+  (a reader per socket still takes the pongs).
+
     .venv/bin/python benchmarks/ws_stack.py      # writes benchmarks/results/ws_stack.json
 """
 
@@ -50,6 +60,7 @@ FRAME = (
 )
 LINE = b'data: {"choices":[{"delta":{"content":" tok42"}}]}\n\n'
 CASES = ("timer_wake", "wsproto", "hypercorn", "quart", "relay")
+PING_CASES = ("ping_hypercorn", "ping_wsproto", "ping_sweep")
 
 
 def _free_port() -> int:
@@ -95,6 +106,63 @@ async def _wsproto_server(port: int, a: argparse.Namespace, feeder: int | None) 
     await trio.serve_tcp(handler, port, host="127.0.0.1")
 
 
+async def _ping_server(port: int, a: argparse.Namespace, sweep: bool) -> None:
+    """Idle sockets pinged every ``a.ping_interval``: by a task per socket or by one sweep."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Ping, Request
+
+    held: dict[trio.SocketStream, WSConnection] = {}
+
+    async def pinger(stream: trio.SocketStream, ws: WSConnection) -> None:
+        while True:
+            await trio.sleep(a.ping_interval)
+            await stream.send_all(ws.send(Ping()))
+
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        accepted = False
+        while not accepted:
+            ws.receive_data(await stream.receive_some(65536))
+            for ev in ws.events():
+                if isinstance(ev, Request):
+                    await stream.send_all(ws.send(AcceptConnection(subprotocol="chat.v1")))
+                    accepted = True
+        async with trio.open_nursery() as n:
+            if sweep:
+                held[stream] = ws
+            else:
+                n.start_soon(pinger, stream, ws)
+            while data := await stream.receive_some(65536):
+                ws.receive_data(data)
+                for _ev in ws.events():  # the pongs
+                    pass
+            held.pop(stream, None)
+            n.cancel_scope.cancel()
+
+    async def sweeper() -> None:
+        while True:
+            await trio.sleep(a.ping_interval)
+            for stream, ws in list(held.items()):
+                await stream.send_all(ws.send(Ping()))
+
+    async with trio.open_nursery() as n:
+        if sweep:
+            n.start_soon(sweeper)
+        await trio.serve_tcp(handler, port, host="127.0.0.1")
+
+
+async def _idle_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept", "subprotocol": "chat.v1"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
 def _asgi_app(a: argparse.Namespace) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -134,6 +202,9 @@ def serve(a: argparse.Namespace) -> None:
     if a.case in ("wsproto", "relay"):
         trio.run(_wsproto_server, a.port, a, a.feeder if a.case == "relay" else None)
         return
+    if a.case in ("ping_wsproto", "ping_sweep"):
+        trio.run(_ping_server, a.port, a, a.case == "ping_sweep")
+        return
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
@@ -141,8 +212,10 @@ def serve(a: argparse.Namespace) -> None:
     cfg.bind = [f"127.0.0.1:{a.port}"]
     cfg.worker_class = "trio"
     cfg.accesslog = None
-    cfg.websocket_ping_interval = 25.0
-    app = _asgi_app(a) if a.case == "hypercorn" else _quart_app(a)
+    cfg.websocket_ping_interval = a.ping_interval if a.case == "ping_hypercorn" else 25.0
+    app: Any = _idle_asgi_app
+    if a.case != "ping_hypercorn":
+        app = _asgi_app(a) if a.case == "hypercorn" else _quart_app(a)
     trio.run(hypercorn_serve, app, cfg)
 
 
@@ -203,6 +276,37 @@ async def _client(port: int, streams: int) -> int:
     return got
 
 
+async def _idle_client(port: int, a: argparse.Namespace, server_pid: int) -> dict[str, float]:
+    """Open ``a.idle`` sockets (trio-websocket answers each ping with a pong), then read
+    the server's CPU over ``a.hold`` seconds of idling."""
+    from trio_websocket import open_websocket_url
+
+    connected = 0
+    all_in, done = trio.Event(), trio.Event()
+
+    async def one() -> None:
+        nonlocal connected
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/ws", subprotocols=["chat.v1"]):
+            connected += 1
+            if connected == a.idle:
+                all_in.set()
+            await done.wait()
+
+    out: dict[str, float] = {}
+    async with trio.open_nursery() as n:
+        for _ in range(a.idle):
+            n.start_soon(one)
+            await trio.sleep(0.001)
+        await all_in.wait()
+        await trio.sleep(a.ping_interval)  # every socket past its first ping
+        c0 = _cpu_seconds(server_pid)
+        await trio.sleep(a.hold)
+        out = {"connected": connected, "server_cpu_s": _cpu_seconds(server_pid) - c0}
+        done.set()
+        n.cancel_scope.cancel()
+    return out
+
+
 def _start(args: list[str]) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -218,6 +322,23 @@ def run_case(case: str, a: argparse.Namespace) -> dict[str, Any]:
         r = timer_wake(a)
         return {"frames": r["wakes"], "us_per_frame": round(r["cpu_s"] / r["wakes"] * 1e6, 1)}
     common = ["--frames", str(a.frames), "--gap", str(a.gap), "--streams", str(a.streams)]
+    common += ["--ping-interval", str(a.ping_interval)]
+    if case in PING_CASES:
+        port = _free_port()
+        server = _start(["--role", "serve", "--case", case, "--port", str(port), *common])
+        try:
+            r = trio.run(_idle_client, port, a, server.pid)
+        finally:
+            server.kill()
+            server.wait()
+        pings = r["connected"] * a.hold / a.ping_interval
+        return {
+            "sockets": r["connected"],
+            "pings": round(pings),
+            "us_per_frame": round(r["server_cpu_s"] / pings * 1e6, 1),
+            "server_cpu_s": round(r["server_cpu_s"], 2),
+            "share_of_a_core": round(r["server_cpu_s"] / a.hold, 3),
+        }
     procs: list[subprocess.Popen[bytes]] = []
     try:
         feeder = None
@@ -249,13 +370,17 @@ def run_case(case: str, a: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--role", choices=("bench", "serve", "feed"), default="bench")
-    p.add_argument("--case", choices=CASES)
+    p.add_argument("--case", choices=CASES + PING_CASES)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--feeder", type=int, default=0)
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--frames", type=int, default=500)
     p.add_argument("--gap", type=float, default=0.02)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--idle", type=int, default=2000, help="idle cases: sockets held")
+    p.add_argument("--ping-interval", type=float, default=5.0, help="idle cases: seconds")
+    p.add_argument("--hold", type=float, default=20.0, help="idle cases: seconds measured")
+    p.add_argument("--only", nargs="+", choices=CASES + PING_CASES, help="cases to run")
     p.add_argument("--out", type=Path, default=RESULTS / "ws_stack.json")
     a = p.parse_args()
     if a.role == "serve":
@@ -265,7 +390,9 @@ def main() -> int:
         feed(a)
         return 0
     cases: dict[str, Any] = {}
-    for case in CASES:
+    if a.only and a.out.exists():  # a partial run keeps the other cases' figures
+        cases = json.loads(a.out.read_text()).get("cases", {})
+    for case in a.only or CASES + PING_CASES:
         runs = [run_case(case, a) for _ in range(a.repeat)]
         per = sorted(r["us_per_frame"] for r in runs)
         cases[case] = {"us_per_frame_median": per[len(per) // 2], "runs": runs}
@@ -276,6 +403,9 @@ def main() -> int:
         "streams": a.streams,
         "frames_per_stream": a.frames,
         "gap_s": a.gap,
+        "idle_sockets": a.idle,
+        "ping_interval_s": a.ping_interval,
+        "hold_s": a.hold,
         "cases": cases,
     }
     a.out.write_text(json.dumps(result, indent=2) + "\n")

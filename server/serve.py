@@ -37,7 +37,9 @@ def hypercorn_config(settings: Settings, sock: socket.socket | None = None) -> C
     error_log.propagate = True
     cfg.errorlog = error_log
     cfg.graceful_timeout = 3.0  # after our own drain (server/drain.py); exit within 30 s
-    cfg.websocket_ping_interval = settings.ws_ping_interval_seconds
+    # Parley sends the pings itself, from the connection sweeper (server/ws/heartbeat.py):
+    # Hypercorn's ping task per socket costs four times as much
+    cfg.websocket_ping_interval = None
     # Hypercorn counts characters; the server checks the frame bound (UTF-8 bytes) itself
     # and closes 1009 with a reason. 4 x the bound in characters covers every UTF-8 frame.
     cfg.websocket_max_message_size = 4 * settings.ws_max_frame_bytes

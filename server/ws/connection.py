@@ -92,14 +92,19 @@ async def _writer(
     ws: WebSocket,
     scope: trio.CancelScope,
 ) -> None:
-    """The only task that writes to the socket; performs the close once the queue is sent."""
+    """The only task that writes to the socket: the frames, the pings the sweeper marks
+    due (checked before each wait, with no await in between, so a wake is never lost),
+    and the close once the queue is sent."""
     frames = svc.metrics.ws_frames
     out: dict[str, Any] = {}  # metric children by frame type (labels() costs per call)
     relay = svc.metrics.relay_seconds
     outbox = conn.outbox
     send = ws.send
     linger = cfg.coalesce_seconds
+    heartbeat = conn.heartbeat
     while True:
+        if heartbeat is not None and heartbeat.ping_due:
+            await heartbeat.send_due_ping()
         if linger > 0 and load.under_pressure and not conn.closing.is_set():
             head = outbox.head_timing()
             # Wait only for a message whose next delta is due within the window.
@@ -206,12 +211,16 @@ def check_connection(
     wall: float | None = None,
     mono: float | None = None,
 ) -> None:
-    """Pong deadline, token expiry, slow consumer: each one closes the connection.
-    ``now`` is trio's clock; ``wall`` and ``mono``, ``time.time()`` and
-    ``time.monotonic()`` when the caller read them once for many connections."""
+    """Pong deadline, token expiry, slow consumer: each one closes the connection; else a
+    ping that has become due wakes the writer to send it. ``now`` is trio's clock;
+    ``wall`` and ``mono``, ``time.time()`` and ``time.monotonic()`` when the caller read
+    them once for many connections."""
     if conn.closing.is_set():
         return
-    if conn.heartbeat is not None and conn.heartbeat.overdue(cfg.pong_timeout, mono):
+    if mono is None:
+        mono = time.monotonic()
+    heartbeat = conn.heartbeat
+    if heartbeat is not None and heartbeat.overdue(cfg.pong_timeout, mono):
         svc.metrics.ws_dropped.labels("pong_timeout").inc()
         conn.close(int(CloseCode.INTERNAL), "PING_TIMEOUT")
     elif conn.claims.exp <= (time.time() if wall is None else wall):
@@ -221,13 +230,21 @@ def check_connection(
         svc.metrics.ws_dropped.labels("slow_consumer").inc()
         conn.outbox.drop_queued()
         conn.close(int(CloseCode.SLOW_CONSUMER), close_reason(CloseCode.SLOW_CONSUMER))
+    elif heartbeat is not None and heartbeat.schedule(cfg.ping_interval, mono):
+        conn.outbox.wake()
 
 
-async def sweep_connections(svc: Services, hub: Hub, cfg: WsConfig, every: float = 0.5) -> None:
-    """One task checks every connection of the instance: an idle socket never wakes up
-    (10,000 per-connection timers cost most of a core; one sweep costs milliseconds).
-    Every ``PRESENCE_TTL / 3`` it also renews this instance's sockets in the cluster-wide
+async def sweep_connections(
+    svc: Services, hub: Hub, cfg: WsConfig, every: float | None = None
+) -> None:
+    """One task checks every connection of the instance every ``every`` seconds
+    (``cfg.sweep_seconds`` by default) and marks the pings that are due: an idle socket
+    never wakes up on a timer of its own (10,000 per-connection timers cost most of a
+    core; one sweep costs milliseconds), so its pings go out a sweep late at most. Every
+    ``PRESENCE_TTL / 3`` it also renews this instance's sockets in the cluster-wide
     per-user count."""
+    if every is None:
+        every = cfg.sweep_seconds
     next_presence = trio.current_time() + PRESENCE_TTL / 3
     while True:
         await trio.sleep(every)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import orjson
@@ -247,6 +248,39 @@ async def test_silent_peer_is_dropped(live: LiveServer) -> None:
     await stream.aclose()
     assert pings >= 1
     assert closed_code == 1011
+
+
+async def test_the_server_pings_at_accept_and_every_interval(live: LiveServer) -> None:
+    """The pings come from the connection sweeper through the writer (not Hypercorn's
+    ping task): one at accept, then one per ``ping_interval`` (0.5 s here), answered."""
+    import wsproto
+    from wsproto.events import AcceptConnection, Ping, Request
+
+    _, _, token = await account(live)
+    stream = await trio.open_tcp_stream("127.0.0.1", live.port)
+    conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    await stream.send_all(
+        conn.send(
+            Request(host="127.0.0.1", target="/ws", subprotocols=["chat.v1", f"bearer.{token}"])
+        )
+    )
+    pings: list[float] = []
+    with trio.move_on_after(2.2):
+        while True:
+            data = await stream.receive_some(65536)
+            assert data, "the server closed a connection that answers its pings"
+            conn.receive_data(data)
+            for event in conn.events():
+                if isinstance(event, AcceptConnection):
+                    start = trio.current_time()
+                elif isinstance(event, Ping):
+                    pings.append(trio.current_time() - start)
+                    await stream.send_all(conn.send(event.response()))
+    await stream.aclose()
+    assert pings and pings[0] < 0.3  # at accept
+    assert 3 <= len(pings) <= 6, pings  # then about every 0.5 s, never in a burst
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert all(g > 0.25 for g in gaps), gaps
 
 
 async def test_chat_send_rate_limit_per_user(live: LiveServer) -> None:

@@ -61,7 +61,6 @@ class LiveServer:
             self._drain = app.config["PARLEY_DRAIN"]
             cfg = hypercorn_config(self.settings, sock)
             cfg.graceful_timeout = 1.0
-            cfg.websocket_ping_interval = self.ws_config.ping_interval
             self._ready.set()
             await hypercorn_serve(app, cfg, shutdown_trigger=self._stop.wait)
 
