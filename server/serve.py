@@ -109,10 +109,19 @@ def run_worker(settings: Settings, sock: socket.socket, *, worker: int | None = 
     """Serve on ``sock`` until SIGTERM/SIGINT, then drain. ``worker``: this process's
     index under ``parley serve --workers N`` (server/supervisor.py), None on its own."""
     from server.app import create_app
-    from server.process import start_metrics_listener, watch_parent, with_worker_header
+    from server.process import (
+        freeze_startup_objects,
+        limit_malloc_arenas,
+        start_metrics_listener,
+        tune_gc,
+        watch_parent,
+        with_worker_header,
+    )
     from server.services import build_services
 
     log = get_logger("parley")
+    limit_malloc_arenas()  # before build_services starts the database and cache threads
+    tune_gc()
 
     if worker:  # PARLEY_JOBS_SCHEDULE runs in one process only: worker 0 (or the only one)
         settings = settings.model_copy(update={"jobs_schedule": ""})
@@ -122,6 +131,7 @@ def run_worker(settings: Settings, sock: socket.socket, *, worker: int | None = 
         app = create_app(svc)
         port = sock.getsockname()[1]
         cfg = hypercorn_config(settings, sock)
+        freeze_startup_objects()
         stop = trio.Event()
         shutdown = trio.Event()
         if settings.metrics_port_base:
