@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 __all__ = ["Metrics"]
 
@@ -33,6 +40,8 @@ _FAST = _SLOW = _BUCKETS
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # parley_process_resident_memory_bytes, _cpu_seconds_total, _open_fds, ... (Linux)
+        ProcessCollector(namespace="parley", registry=r)
         self.http_requests = Counter(
             "parley_http_requests",
             "HTTP requests by route and status",

@@ -203,6 +203,9 @@ async def test_metrics_logs_and_traces_of_a_session(
     assert 0 < m["parley_dispatch_seconds_sum"] < 3
     # bounded labels: no ids in any label value
     assert not re.search(r'="[0-9a-f-]{32,36}"', "\n".join(m))
+    # the process's own figures (RSS to watch for growth, descriptors against the limit)
+    assert m["parley_process_resident_memory_bytes"] > 10 * 2**20
+    assert 0 < m["parley_process_open_fds"] < m["parley_process_max_fds"]
 
     # -- logs: JSON lines, correlated, nothing secret
     events = [json.loads(line) for line in out.splitlines() if line.strip()]
