@@ -29,6 +29,14 @@ The idle cases hold ``--idle`` sockets open, each pinged every ``--ping-interval
 - ``ping_sweep``: trio + wsproto, one task pinging every socket in turn each interval
   (a reader per socket still takes the pongs).
 
+The setup cases measure what a guest sign-up and a WebSocket connect cost the server
+with nothing of Parley's, through ``benchmarks/setup_cost.py``'s own client and phases
+(``--setup-n`` of each, 20 at a time; server CPU per operation):
+
+- ``setup_raw``: a raw ASGI callable under Hypercorn: ``POST`` answered with a small JSON
+  body, an upgrade accepted with ``chat.v1`` and answered with one text frame, then held
+  until the client closes.
+
     .venv/bin/python benchmarks/ws_stack.py      # writes benchmarks/results/ws_stack.json
 """
 
@@ -61,12 +69,22 @@ FRAME = (
 LINE = b'data: {"choices":[{"delta":{"content":" tok42"}}]}\n\n'
 CASES = ("timer_wake", "wsproto", "hypercorn", "quart", "relay")
 PING_CASES = ("ping_hypercorn", "ping_wsproto", "ping_sweep")
+SETUP_CASES = ("setup_raw",)
+ALL_CASES = CASES + PING_CASES + SETUP_CASES
+READY = '{"type":"session.ready","data":{}}'
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -163,6 +181,31 @@ async def _idle_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None
         pass
 
 
+async def _setup_ws(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept", "subprotocol": "chat.v1"})
+    await send({"type": "websocket.send", "text": READY})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def _setup_raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["type"] == "websocket":
+        await _setup_ws(scope, receive, send)
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = b'{"accessToken":"t"}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 201, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _asgi_app(a: argparse.Namespace) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -197,8 +240,16 @@ def _quart_app(a: argparse.Namespace) -> Any:
     return app
 
 
+def _stdout_to_devnull() -> None:
+    """After "ready": nobody reads the pipe any more, and a server that logs to stdout
+    (Quart's request lines) would block once it is full."""
+    sys.stdout.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+
+
 def serve(a: argparse.Namespace) -> None:
     print("ready", flush=True)
+    _stdout_to_devnull()
     if a.case in ("wsproto", "relay"):
         trio.run(_wsproto_server, a.port, a, a.feeder if a.case == "relay" else None)
         return
@@ -214,7 +265,9 @@ def serve(a: argparse.Namespace) -> None:
     cfg.accesslog = None
     cfg.websocket_ping_interval = a.ping_interval if a.case == "ping_hypercorn" else 25.0
     app: Any = _idle_asgi_app
-    if a.case != "ping_hypercorn":
+    if a.case == "setup_raw":
+        app = _setup_raw_app
+    elif a.case != "ping_hypercorn":
         app = _asgi_app(a) if a.case == "hypercorn" else _quart_app(a)
     trio.run(hypercorn_serve, app, cfg)
 
@@ -233,6 +286,7 @@ def feed(a: argparse.Namespace) -> None:
         await trio.serve_tcp(handler, a.port, host="127.0.0.1")
 
     print("ready", flush=True)
+    _stdout_to_devnull()
     trio.run(main)
 
 
@@ -293,6 +347,7 @@ async def _idle_client(port: int, a: argparse.Namespace, server_pid: int) -> dic
             await done.wait()
 
     out: dict[str, float] = {}
+    rss0 = _rss_mib(server_pid)
     async with trio.open_nursery() as n:
         for _ in range(a.idle):
             n.start_soon(one)
@@ -301,7 +356,11 @@ async def _idle_client(port: int, a: argparse.Namespace, server_pid: int) -> dic
         await trio.sleep(a.ping_interval)  # every socket past its first ping
         c0 = _cpu_seconds(server_pid)
         await trio.sleep(a.hold)
-        out = {"connected": connected, "server_cpu_s": _cpu_seconds(server_pid) - c0}
+        out = {
+            "connected": connected,
+            "server_cpu_s": _cpu_seconds(server_pid) - c0,
+            "rss_kib_per_socket": (_rss_mib(server_pid) - rss0) * 1024 / max(connected, 1),
+        }
         done.set()
         n.cancel_scope.cancel()
     return out
@@ -338,7 +397,10 @@ def run_case(case: str, a: argparse.Namespace) -> dict[str, Any]:
             "us_per_frame": round(r["server_cpu_s"] / pings * 1e6, 1),
             "server_cpu_s": round(r["server_cpu_s"], 2),
             "share_of_a_core": round(r["server_cpu_s"] / a.hold, 3),
+            "rss_kib_per_socket": round(r["rss_kib_per_socket"], 1),
         }
+    if case in SETUP_CASES:
+        return _setup_case(case, a, common)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         feeder = None
@@ -367,10 +429,29 @@ def run_case(case: str, a: argparse.Namespace) -> dict[str, Any]:
             p.wait()
 
 
+def _setup_case(case: str, a: argparse.Namespace, common: list[str]) -> dict[str, Any]:
+    from benchmarks.run import Server
+    from benchmarks.setup_cost import _phases
+
+    port = _free_port()
+    proc = _start(["--role", "serve", "--case", case, "--port", str(port), *common])
+    try:
+        server = Server(proc, f"http://127.0.0.1:{port}", port, case)
+        r = trio.run(_phases, server, a.setup_n, 20, 20)
+    finally:
+        proc.kill()
+        proc.wait()
+    return {
+        "signup_ms": r["signup"]["server_cpu_ms_each"],
+        "connect_ms": r["connect"]["server_cpu_ms_each"],
+        "close_ms": r["close"]["server_cpu_ms_each"],
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--role", choices=("bench", "serve", "feed"), default="bench")
-    p.add_argument("--case", choices=CASES + PING_CASES)
+    p.add_argument("--case", choices=ALL_CASES)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--feeder", type=int, default=0)
     p.add_argument("--streams", type=int, default=200)
@@ -380,7 +461,8 @@ def main() -> int:
     p.add_argument("--idle", type=int, default=2000, help="idle cases: sockets held")
     p.add_argument("--ping-interval", type=float, default=5.0, help="idle cases: seconds")
     p.add_argument("--hold", type=float, default=20.0, help="idle cases: seconds measured")
-    p.add_argument("--only", nargs="+", choices=CASES + PING_CASES, help="cases to run")
+    p.add_argument("--setup-n", type=int, default=200, help="setup cases: operations")
+    p.add_argument("--only", nargs="+", choices=ALL_CASES, help="cases to run")
     p.add_argument("--out", type=Path, default=RESULTS / "ws_stack.json")
     a = p.parse_args()
     if a.role == "serve":
@@ -392,8 +474,15 @@ def main() -> int:
     cases: dict[str, Any] = {}
     if a.only and a.out.exists():  # a partial run keeps the other cases' figures
         cases = json.loads(a.out.read_text()).get("cases", {})
-    for case in a.only or CASES + PING_CASES:
+    for case in a.only or ALL_CASES:
         runs = [run_case(case, a) for _ in range(a.repeat)]
+        if case in SETUP_CASES:
+            cases[case] = {"runs": runs}
+            for key in ("signup_ms", "connect_ms", "close_ms"):
+                vals = sorted(r[key] for r in runs)
+                cases[case][key + "_median"] = vals[len(vals) // 2]
+            print(case, {k: v for k, v in cases[case].items() if k != "runs"}, flush=True)
+            continue
         per = sorted(r["us_per_frame"] for r in runs)
         cases[case] = {"us_per_frame_median": per[len(per) // 2], "runs": runs}
         print(case, per, flush=True)
@@ -406,10 +495,11 @@ def main() -> int:
         "idle_sockets": a.idle,
         "ping_interval_s": a.ping_interval,
         "hold_s": a.hold,
+        "setup_n": a.setup_n,
         "cases": cases,
     }
     a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v["us_per_frame_median"] for k, v in cases.items()}, indent=2))
+    print(json.dumps({k: v.get("us_per_frame_median") for k, v in cases.items()}, indent=2))
     return 0
 
 

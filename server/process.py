@@ -69,7 +69,7 @@ def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
     (~0.4 s at 2,000 idle sockets, ~0.7 µs an object); at 2,000 sockets pinged every 5 s
     that was over half the process's CPU. Rarer young collections let those objects die
     young (most garbage here is freed by reference counting anyway; a cycle waits at most
-    50,000 allocations). Measured in benchmarks/README.md ("Idle connections")."""
+    50,000 allocations). Measured in benchmarks/README.md ("Third session")."""
     gc.set_threshold(*thresholds)
 
 
