@@ -47,9 +47,9 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
     applied that one). Without a cap every thread that allocates (the database and Redis
     threads) may get an arena of its own, up to 8 per core, and memory freed in one is not
     reused by another: the 30-minute soak's RSS grew ~24 MiB an hour with glibc's default
-    and levelled off after ~17 minutes with 2 (benchmarks/README.md, "Soak"). True when the
-    cap was applied; False on another libc or with the variable set. Call it before the
-    process starts threads: arenas that exist stay."""
+    and levelled off after ~17 minutes with 2 (benchmarks/README.md, "Third session"). True
+    when the cap was applied; False on another libc or with the variable set. Call it
+    before the process starts threads: arenas that exist stay."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
     name = ctypes.util.find_library("c")
