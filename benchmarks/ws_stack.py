@@ -95,19 +95,26 @@ def _cpu_seconds(pid: int) -> float:
 # ---------------------------------------------------------------- server side
 
 
-async def _wsproto_server(port: int, a: argparse.Namespace, feeder: int | None) -> None:
+async def _wsproto_accept(stream: trio.SocketStream) -> Any:
+    """Read the upgrade request on ``stream`` and accept it with ``chat.v1``: the server's
+    ``wsproto.WSConnection``."""
     from wsproto import ConnectionType, WSConnection
-    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+    from wsproto.events import AcceptConnection, Request
+
+    ws = WSConnection(ConnectionType.SERVER)
+    while True:
+        ws.receive_data(await stream.receive_some(65536))
+        for ev in ws.events():
+            if isinstance(ev, Request):
+                await stream.send_all(ws.send(AcceptConnection(subprotocol="chat.v1")))
+                return ws
+
+
+async def _wsproto_server(port: int, a: argparse.Namespace, feeder: int | None) -> None:
+    from wsproto.events import CloseConnection, TextMessage
 
     async def handler(stream: trio.SocketStream) -> None:
-        ws = WSConnection(ConnectionType.SERVER)
-        accepted = False
-        while not accepted:
-            ws.receive_data(await stream.receive_some(65536))
-            for ev in ws.events():
-                if isinstance(ev, Request):
-                    await stream.send_all(ws.send(AcceptConnection(subprotocol="chat.v1")))
-                    accepted = True
+        ws = await _wsproto_accept(stream)
         if feeder is None:
             for _ in range(a.frames):
                 await stream.send_all(ws.send(TextMessage(data=FRAME)))
@@ -126,25 +133,17 @@ async def _wsproto_server(port: int, a: argparse.Namespace, feeder: int | None) 
 
 async def _ping_server(port: int, a: argparse.Namespace, sweep: bool) -> None:
     """Idle sockets pinged every ``a.ping_interval``: by a task per socket or by one sweep."""
-    from wsproto import ConnectionType, WSConnection
-    from wsproto.events import AcceptConnection, Ping, Request
+    from wsproto.events import Ping
 
-    held: dict[trio.SocketStream, WSConnection] = {}
+    held: dict[trio.SocketStream, Any] = {}  # the sweep's sockets and their WSConnection
 
-    async def pinger(stream: trio.SocketStream, ws: WSConnection) -> None:
+    async def pinger(stream: trio.SocketStream, ws: Any) -> None:
         while True:
             await trio.sleep(a.ping_interval)
             await stream.send_all(ws.send(Ping()))
 
     async def handler(stream: trio.SocketStream) -> None:
-        ws = WSConnection(ConnectionType.SERVER)
-        accepted = False
-        while not accepted:
-            ws.receive_data(await stream.receive_some(65536))
-            for ev in ws.events():
-                if isinstance(ev, Request):
-                    await stream.send_all(ws.send(AcceptConnection(subprotocol="chat.v1")))
-                    accepted = True
+        ws = await _wsproto_accept(stream)
         async with trio.open_nursery() as n:
             if sweep:
                 held[stream] = ws
@@ -169,11 +168,16 @@ async def _ping_server(port: int, a: argparse.Namespace, sweep: bool) -> None:
         await trio.serve_tcp(handler, port, host="127.0.0.1")
 
 
+async def _lifespan(receive: Any, send: Any) -> None:
+    """ASGI lifespan: nothing to start or stop."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 async def _idle_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await _lifespan(receive, send)
         return
     await receive()  # websocket.connect
     await send({"type": "websocket.accept", "subprotocol": "chat.v1"})
@@ -191,9 +195,7 @@ async def _setup_ws(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def _setup_raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await _lifespan(receive, send)
         return
     if scope["type"] == "websocket":
         await _setup_ws(scope, receive, send)
@@ -209,9 +211,7 @@ async def _setup_raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None
 def _asgi_app(a: argparse.Namespace) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await _lifespan(receive, send)
             return
         await receive()  # websocket.connect
         await send({"type": "websocket.accept", "subprotocol": "chat.v1"})

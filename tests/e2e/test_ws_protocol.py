@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from typing import Any
 
 import orjson
 import pytest
@@ -215,12 +216,11 @@ async def test_pings_answered_keep_the_connection(live: LiveServer) -> None:
         assert (await ws.recv())["type"] == "pong"
 
 
-async def test_silent_peer_is_dropped(live: LiveServer) -> None:
-    """A client that never answers pings is dropped (pong deadline)."""
+async def _raw_upgrade(live: LiveServer, token: str) -> tuple[trio.SocketStream, Any]:
+    """A bare wsproto client (it answers nothing by itself): the upgrade request sent."""
     import wsproto
-    from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
+    from wsproto.events import Request
 
-    _, _, token = await account(live)
     stream = await trio.open_tcp_stream("127.0.0.1", live.port)
     conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     await stream.send_all(
@@ -228,6 +228,15 @@ async def test_silent_peer_is_dropped(live: LiveServer) -> None:
             Request(host="127.0.0.1", target="/ws", subprotocols=["chat.v1", f"bearer.{token}"])
         )
     )
+    return stream, conn
+
+
+async def test_silent_peer_is_dropped(live: LiveServer) -> None:
+    """A client that never answers pings is dropped (pong deadline)."""
+    from wsproto.events import AcceptConnection, CloseConnection, Ping, TextMessage
+
+    _, _, token = await account(live)
+    stream, conn = await _raw_upgrade(live, token)
     pings = 0
     closed_code = None
     with trio.fail_after(10):
@@ -254,17 +263,10 @@ async def test_the_server_pings_at_accept_and_every_interval(live: LiveServer) -
     """The pings come from the connection sweeper through the writer (not Hypercorn's
     ping task): one at accept, ahead of ``session.ready``, then one per
     ``ping_interval`` (0.5 s here), each answered."""
-    import wsproto
-    from wsproto.events import AcceptConnection, Ping, Request, TextMessage
+    from wsproto.events import AcceptConnection, Ping, TextMessage
 
     _, _, token = await account(live)
-    stream = await trio.open_tcp_stream("127.0.0.1", live.port)
-    conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-    await stream.send_all(
-        conn.send(
-            Request(host="127.0.0.1", target="/ws", subprotocols=["chat.v1", f"bearer.{token}"])
-        )
-    )
+    stream, conn = await _raw_upgrade(live, token)
     seen: list[str] = []
     pings: list[float] = []
     with trio.move_on_after(2.2):
