@@ -11,10 +11,14 @@ from server.auth.passwords import PasswordService
 from server.auth.tokens import KeyRing
 from server.metrics import Metrics
 from server.settings import Settings
+from store.batch import GroupCommit
 from store.cache import CacheEngine, create_cache_engine
 from store.db import Database
+from store.signups import GuestSignup, create_guests
 
 __all__ = ["Services", "build_services"]
+
+SIGNUP_BATCH_MAX = 64  # guest sign-ups stored in one transaction, at most
 
 
 @dataclass
@@ -36,6 +40,11 @@ class Services:
     # user id -> monotonic expiry: this process noted the user's activity (or created the
     # user) within the hour (server/auth/identity.note_activity skips the cache then)
     active_noted: dict[str, float] = field(default_factory=dict)
+    # guest sign-ups that arrive together share one transaction (server/api/auth.py)
+    guest_signups: GroupCommit[GuestSignup, GuestSignup] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guest_signups = GroupCommit(self.db, create_guests, batch_max=SIGNUP_BATCH_MAX)
 
     async def aclose(self) -> None:
         await self.cache.aclose()

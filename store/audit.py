@@ -29,10 +29,12 @@ __all__ = [
     "audit_context",
     "email_subject",
     "event_json",
+    "event_row",
     "list_events",
     "pseudonym",
     "pseudonymise_user",
     "record_event",
+    "record_events",
 ]
 
 #: Contract section 7, plus ``upgrade`` (a guest becomes registered).
@@ -86,6 +88,35 @@ def _target(
     return ("email" if subject_id.startswith("email:") else "user"), subject_id
 
 
+def event_row(
+    *,
+    action: str,
+    subject_id: str,
+    actor_id: str | None = None,
+    ip: str | None = None,
+    trace_id: str | None = None,
+    details: dict[str, Any] | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    user_agent: str | None = None,
+) -> dict[str, Any]:
+    """The ``audit_events`` row :func:`record_event` inserts (for :func:`record_events`)."""
+    ctx = audit_context.get() or AuditContext()
+    ttype, tid = _target(subject_id, details, target_type)
+    return {
+        "at": utcnow(),
+        "action": action,
+        "subject_id": subject_id,
+        "actor_id": actor_id,
+        "ip": ip or ctx.ip,
+        "trace_id": trace_id or ctx.trace_id,
+        "details": json.dumps(details, sort_keys=True) if details else None,
+        "target_type": ttype,
+        "target_id": (target_id or tid)[:64],
+        "user_agent": (user_agent or ctx.user_agent or "")[:255] or None,
+    }
+
+
 def record_event(
     conn: Connection,
     *,
@@ -102,22 +133,27 @@ def record_event(
     """``subject_id``: whom the event is about (a user, or an email hash). The target is
     ``target_type``/``target_id`` when given, else the conversation or session named in
     ``details``, else the subject."""
-    ctx = audit_context.get() or AuditContext()
-    ttype, tid = _target(subject_id, details, target_type)
-    conn.execute(
-        audit_events.insert().values(
-            at=utcnow(),
-            action=action,
-            subject_id=subject_id,
-            actor_id=actor_id,
-            ip=ip or ctx.ip,
-            trace_id=trace_id or ctx.trace_id,
-            details=json.dumps(details, sort_keys=True) if details else None,
-            target_type=ttype,
-            target_id=(target_id or tid)[:64],
-            user_agent=(user_agent or ctx.user_agent or "")[:255] or None,
-        )
+    record_events(
+        conn,
+        [
+            event_row(
+                action=action,
+                subject_id=subject_id,
+                actor_id=actor_id,
+                ip=ip,
+                trace_id=trace_id,
+                details=details,
+                target_type=target_type,
+                target_id=target_id,
+                user_agent=user_agent,
+            )
+        ],
     )
+
+
+def record_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert rows made by :func:`event_row`, in order (one statement for all of them)."""
+    conn.execute(audit_events.insert(), rows)
 
 
 @dataclass(frozen=True, slots=True)

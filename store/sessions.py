@@ -35,8 +35,7 @@ __all__ = [
 ]
 
 
-def create_session(
-    conn: Connection,
+def new_session_record(
     *,
     user_id: str,
     refresh_hash: str,
@@ -44,8 +43,9 @@ def create_session(
     user_agent: str | None,
     ip: str | None,
 ) -> SessionRecord:
+    """A new session, not stored yet (:func:`create_session` stores one)."""
     now = utcnow()
-    rec = SessionRecord(
+    return SessionRecord(
         id=str(uuid.uuid4()),
         user_id=user_id,
         refresh_hash=refresh_hash,
@@ -58,7 +58,21 @@ def create_session(
         user_agent=(user_agent or "")[:255] or None,
         ip=ip,
     )
-    conn.execute(sessions.insert().values(**dataclasses.asdict(rec)))
+
+
+def create_session(
+    conn: Connection,
+    *,
+    user_id: str,
+    refresh_hash: str,
+    ttl: dt.timedelta,
+    user_agent: str | None,
+    ip: str | None,
+) -> SessionRecord:
+    rec = new_session_record(
+        user_id=user_id, refresh_hash=refresh_hash, ttl=ttl, user_agent=user_agent, ip=ip
+    )
+    conn.execute(sessions.insert(), dataclasses.asdict(rec))
     return rec  # what was stored (no read-back: every column is given)
 
 

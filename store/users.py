@@ -49,8 +49,7 @@ def _email_is(conn: Connection, email: str) -> sa.ColumnElement[bool]:
     return users.c.email == email
 
 
-def create_user(
-    conn: Connection,
+def new_user_record(
     *,
     kind: str,
     email: str | None = None,
@@ -58,8 +57,9 @@ def create_user(
     display_name: str | None = None,
     role: str = UserRole.USER.value,
 ) -> UserRecord:
+    """A new user, not stored yet (:func:`create_user` stores one)."""
     now = utcnow()
-    user = UserRecord(
+    return UserRecord(
         id=str(uuid.uuid4()),
         kind=kind,
         role=role,
@@ -70,8 +70,26 @@ def create_user(
         last_active_at=now,
         deleted_at=None,
     )
+
+
+def create_user(
+    conn: Connection,
+    *,
+    kind: str,
+    email: str | None = None,
+    password_hash: str | None = None,
+    display_name: str | None = None,
+    role: str = UserRole.USER.value,
+) -> UserRecord:
+    user = new_user_record(
+        kind=kind,
+        email=email,
+        password_hash=password_hash,
+        display_name=display_name,
+        role=role,
+    )
     try:
-        conn.execute(users.insert().values(**dataclasses.asdict(user)))
+        conn.execute(users.insert(), dataclasses.asdict(user))
     except sa.exc.IntegrityError as exc:
         raise EmailTaken(email) from exc
     return user  # what was stored (no read-back: every column is given)

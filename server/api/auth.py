@@ -10,7 +10,7 @@ from typing import Any
 from quart import Blueprint, Response, g, request
 from sqlalchemy.engine import Connection
 
-from server.api.common import client_ip, parse_body, require_principal, services
+from server.api.common import app_nursery, client_ip, parse_body, require_principal, services
 from server.api.schemas import (
     Credentials,
     GuestBody,
@@ -29,6 +29,7 @@ from store import users as users_repo
 from store.audit import email_subject, record_event
 from store.cache import CacheError
 from store.records import SessionRecord, UserKind, UserRecord
+from store.signups import guest_signup
 
 __all__ = ["bp"]
 
@@ -173,25 +174,20 @@ async def guest() -> tuple[dict[str, Any], int]:
         3600,
         "sign-ups from this address",
     )
-    ip = client_ip()
-
-    def work(conn: Connection) -> UserRecord:
-        user = users_repo.create_user(
-            conn, kind=UserKind.GUEST.value, display_name=body.displayName
-        )
-        record_event(
-            conn,
-            action="register",
-            subject_id=user.id,
-            actor_id=user.id,
-            ip=ip,
-            trace_id=_trace(),
-            details={"kind": UserKind.GUEST.value},
-        )
-        return user
-
-    user, sid, refresh = await _new_session(svc, work)
-    return _token_answer(svc, user, sid, refresh), 201
+    refresh = new_refresh_token()
+    signup = guest_signup(
+        display_name=body.displayName,
+        refresh_hash=hash_refresh_token(refresh),
+        ttl=_refresh_ttl(svc, UserKind.GUEST),
+        user_agent=request.headers.get("User-Agent"),
+        ip=client_ip(),
+        trace_id=_trace(),
+    )
+    # sign-ups that arrive together share one transaction: a burst costs a few commits
+    await svc.guest_signups.submit(app_nursery(), signup)
+    note_live_session(svc, signup.session.id)  # its first connect needs no database read
+    note_active(svc, signup.user.id)  # created active now: no activity touch for an hour
+    return _token_answer(svc, signup.user, signup.session.id, refresh), 201
 
 
 @bp.post("/auth/login")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import orjson
+import trio
 from pydantic import BaseModel, ValidationError
 from quart import current_app, g, request
+from quart_trio import QuartTrio
 
 from protocol.errors import ProtocolError
 from server.access import bind_user
@@ -18,6 +20,7 @@ from server.services import Services
 
 __all__ = [
     "Principal",
+    "app_nursery",
     "client_ip",
     "forwarded_ip",
     "parse_body",
@@ -31,6 +34,12 @@ MAX_BODY_BYTES = 64 * 1024
 
 def services() -> Services:
     return current_app.config["PARLEY_SERVICES"]
+
+
+def app_nursery() -> trio.Nursery:
+    """The app's own nursery (quart-trio's, open while it serves): work a request starts
+    there outlives the request."""
+    return cast(QuartTrio, current_app).nursery
 
 
 def client_ip() -> str | None:

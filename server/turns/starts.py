@@ -9,10 +9,9 @@ was stored for any of them).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -20,6 +19,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from server.services import Services
 from server.turns.live import Listener, Upstream
 from store import messages as store_messages
+from store.batch import GroupCommit
 from store.cache import CacheError
 from store.messages import BeginOutcome, BeginRequest, BeginResult
 
@@ -165,9 +165,6 @@ class PendingStart:
     listener: Listener
     received_at: float
     dup_key: str
-    done: trio.Event = field(default_factory=trio.Event)
-    result: BeginResult | None = None
-    error: Exception | None = None
 
 
 class StartQueue:
@@ -186,46 +183,20 @@ class StartQueue:
         batch_max: int,
         on_started: Callable[[PendingStart, BeginResult], None],
     ) -> None:
-        self.svc = svc
-        self.max_user_turns = max_user_turns
-        self.batch_max = batch_max
         self.on_started = on_started
-        self._pending: list[PendingStart] = []
-        self._flushing = False
+        self._commit: GroupCommit[PendingStart, BeginResult] = GroupCommit(
+            svc.db,
+            lambda conn, batch: store_messages.begin_turns(
+                conn, requests=[p.request for p in batch], max_user_turns=max_user_turns
+            ),
+            batch_max=batch_max,
+            on_commit=self._started,
+        )
+
+    def _started(self, batch: list[PendingStart], results: list[BeginResult]) -> None:
+        for p, res in zip(batch, results, strict=True):
+            if res.outcome is BeginOutcome.STARTED:
+                self.on_started(p, res)
 
     async def submit(self, nursery: trio.Nursery, pending: PendingStart) -> BeginResult:
-        self._pending.append(pending)
-        if not self._flushing:
-            self._flushing = True
-            nursery.start_soon(self._flush)
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[: self.batch_max]
-                del self._pending[: self.batch_max]
-                try:
-                    results = await self.svc.db.tx(
-                        functools.partial(
-                            store_messages.begin_turns,
-                            requests=[p.request for p in batch],
-                            max_user_turns=self.max_user_turns,
-                        )
-                    )
-                except Exception as exc:
-                    for p in batch:
-                        p.error = exc
-                        p.done.set()
-                    continue
-                for p, res in zip(batch, results, strict=True):
-                    p.result = res
-                    if res.outcome is BeginOutcome.STARTED:
-                        self.on_started(p, res)
-                    p.done.set()
-        finally:
-            self._flushing = False
+        return await self._commit.submit(nursery, pending)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+import trio
 
 from store.schema import audit_events, sessions, users
 from tests.support.api import ApiClient
@@ -248,6 +251,63 @@ async def test_guest_then_upgrade_keeps_id_and_conversations(api: ApiClient) -> 
     assert r3.status == 401 and r3.code == "TOKEN_REUSED"
     logged = await api.login("upgraded@example.com", "now registered")
     assert logged.user["id"] == g.user["id"]
+
+
+async def test_guests_signing_up_together_each_get_their_own_rows(api: ApiClient) -> None:
+    # Sign-ups that arrive together share one transaction (group commit): each still gets
+    # its own user, session and events, carrying its own request's address and agent.
+    n = 12
+    replies: dict[int, Any] = {}
+    batches: list[int] = []
+    store_batch = api.svc.guest_signups.run
+
+    def counted(conn: Any, batch: list[Any]) -> list[Any]:
+        batches.append(len(batch))
+        return store_batch(conn, batch)
+
+    api.svc.guest_signups.run = counted
+
+    async def one(i: int) -> None:
+        replies[i] = await api.call(
+            "POST",
+            f"{V1}/auth/guest",
+            json={"displayName": f"guest {i}"},
+            ip=f"10.77.0.{i + 1}",
+            headers={"User-Agent": f"agent/{i}"},
+        )
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, i)
+    assert all(r.status == 201 for r in replies.values()), [r.body for r in replies.values()]
+    assert sum(batches) == n and max(batches) > 1, batches  # some of them did share one
+    ids = {i: r.body["user"]["id"] for i, r in replies.items()}
+    assert len(set(ids.values())) == n
+    for i, r in replies.items():
+        assert r.body["user"]["displayName"] == f"guest {i}"
+        me = await api.call("GET", f"{V1}/me", token=r.body["accessToken"])
+        assert me.status == 200 and me.body["id"] == ids[i]
+        q = (
+            sa.select(audit_events.c.action, audit_events.c.ip, audit_events.c.user_agent)
+            .where(audit_events.c.subject_id == ids[i])
+            .order_by(audit_events.c.id)
+        )
+        rows = await api.svc.db.read(lambda c, q=q: c.execute(q).all())
+        assert [tuple(row) for row in rows] == [
+            ("register", f"10.77.0.{i + 1}", f"agent/{i}"),
+            ("login", f"10.77.0.{i + 1}", f"agent/{i}"),
+        ]
+        sess = await api.svc.db.read(
+            lambda c, uid=ids[i]: c.execute(
+                sa.select(sessions.c.ip, sessions.c.user_agent).where(sessions.c.user_id == uid)
+            ).all()
+        )
+        assert [tuple(row) for row in sess] == [(f"10.77.0.{i + 1}", f"agent/{i}")]
+        # the refresh token is this guest's own
+        again = await api.call(
+            "POST", f"{V1}/auth/refresh", json={"refreshToken": r.body["refreshToken"]}
+        )
+        assert again.status == 200, again.body
 
 
 async def test_upgrade_refused_for_registered(api: ApiClient) -> None:
