@@ -32,7 +32,7 @@ class UserRole(StrEnum):
 
 
 class _FromRow:
-    """Build a record from a SQLAlchemy row holding (at least) its fields."""
+    """Build a record from a SQLAlchemy row holding (at least) its fields, and back."""
 
     __slots__ = ()
 
@@ -40,6 +40,11 @@ class _FromRow:
     def from_row(cls, row: Any) -> Self:
         m = row._mapping
         return cls(**{f.name: m[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+    def as_row(self) -> dict[str, Any]:
+        """Its fields as insert parameters (a shallow copy: ``dataclasses.asdict`` would
+        deep-copy every value, and cost more than the insert)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

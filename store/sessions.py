@@ -6,7 +6,6 @@ Rotation is a compare-and-swap on ``refresh_hash``; the old hash moves to
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import enum
 import uuid
@@ -72,7 +71,7 @@ def create_session(
     rec = new_session_record(
         user_id=user_id, refresh_hash=refresh_hash, ttl=ttl, user_agent=user_agent, ip=ip
     )
-    conn.execute(sessions.insert(), dataclasses.asdict(rec))
+    conn.execute(sessions.insert(), rec.as_row())
     return rec  # what was stored (no read-back: every column is given)
 
 

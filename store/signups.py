@@ -8,7 +8,6 @@ request's address, user agent and trace id; :func:`create_guests` only inserts t
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +65,7 @@ def guest_signup(
 
 def create_guests(conn: Connection, batch: list[GuestSignup]) -> list[GuestSignup]:
     """Store a batch of sign-ups: one insert statement per table, events in order."""
-    conn.execute(users.insert(), [dataclasses.asdict(g.user) for g in batch])
-    conn.execute(sessions.insert(), [dataclasses.asdict(g.session) for g in batch])
+    conn.execute(users.insert(), [g.user.as_row() for g in batch])
+    conn.execute(sessions.insert(), [g.session.as_row() for g in batch])
     record_events(conn, [e for g in batch for e in g.events])
     return batch

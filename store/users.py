@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import unicodedata
 import uuid
@@ -89,7 +88,7 @@ def create_user(
         role=role,
     )
     try:
-        conn.execute(users.insert(), dataclasses.asdict(user))
+        conn.execute(users.insert(), user.as_row())
     except sa.exc.IntegrityError as exc:
         raise EmailTaken(email) from exc
     return user  # what was stored (no read-back: every column is given)

@@ -3,7 +3,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from server import logging as parley_logging
 from server.logging import configure_logging, get_logger, mask_email, redact
 
 
@@ -18,6 +21,39 @@ def test_mask_and_redact() -> None:
         "nested": {"refreshToken": "[REDACTED]"},
         "note": "Bearer [REDACTED]",
     }
+
+
+def _redact_every_time(value: str) -> str:
+    """The three substitutions, run on every string (what :func:`redact` skips when
+    none of them can match)."""
+    masked = parley_logging._JWT.sub("[REDACTED]", mask_email(value))
+    return parley_logging._BEARER.sub(r"\1[REDACTED]", masked)
+
+
+_PIECES = st.sampled_from(
+    [
+        "@",
+        "a@b.co",
+        "x.y@example.org",
+        "eyJ",
+        "eyJa.eyJb.sig",
+        "Bearer ",
+        "BEARER.",
+        "bearer",
+        "token",
+        " ",
+        ".",
+        "-",
+        "é",
+        "abc",
+        "0123456789abcdef",
+    ]
+)
+
+
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=8).map("".join))
+def test_skipping_clean_strings_redacts_exactly_what_the_full_pass_does(value: str) -> None:
+    assert redact(value) == _redact_every_time(value)
 
 
 def test_log_lines_are_json_without_pii(capsys: pytest.CaptureFixture[str]) -> None:
