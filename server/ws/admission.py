@@ -10,7 +10,10 @@ instance's cap (1013) and the user's cap (4504).
 from __future__ import annotations
 
 import uuid
+from contextlib import suppress
 from typing import Any, NoReturn
+
+import trio
 
 from protocol.close_codes import CloseCode, close_reason
 from protocol.errors import AUTH_CLOSE_CODES, ErrorCode, ProtocolError
@@ -54,11 +57,15 @@ def _client_ip(svc: Services, websocket: WebSocket) -> str:
     return ip or ""
 
 
-async def _refuse_before_upgrade(svc: Services, websocket: WebSocket, deny: str | None) -> Any:
+async def _refuse_before_upgrade(
+    svc: Services, websocket: WebSocket, deny: str | None, join: tuple[str, str] | None
+) -> tuple[Any, int | None]:
     """HTTP refusals: they happen before the upgrade, as plain HTTP answers. With the
     address's upgrade count, the same cache round trip reads ``deny`` (the token's
-    deny-list key, when it has a valid token): its value is returned (``UNREAD`` if not
-    read)."""
+    deny-list key, when it has a valid token) and adds the socket to its user's count
+    (``join``: key and member, the same condition). Returns the deny-list value
+    (``UNREAD`` if not read) and the user's sockets counting this one (None if not
+    counted); a socket refused here is taken out of the count again."""
     if svc.draining.is_set():
         _refuse("SERVICE_UNAVAILABLE", "this server is draining; reconnect to another instance")
     origin = websocket.headers.get("origin")
@@ -75,25 +82,30 @@ async def _refuse_before_upgrade(svc: Services, websocket: WebSocket, deny: str 
             f"(with '{BEARER_PREFIX}<access token>' beside it)",
         )
     cached: Any = UNREAD
+    alive: int | None = None
+    rate = (f"rl:wsup:{_client_ip(svc, websocket)}", svc.settings.ws_upgrades_per_ip_per_hour)
+    keys = [deny] if deny is not None else []
     try:
-        allowed, retry, values = await svc.cache.hit_rate_and_get(
-            f"rl:wsup:{_client_ip(svc, websocket)}",
-            svc.settings.ws_upgrades_per_ip_per_hour,
-            3600,
-            [deny] if deny is not None else [],
-        )
+        if join is None:
+            allowed, retry, values = await svc.cache.hit_rate_and_get(*rate, 3600, keys)
+        else:
+            allowed, retry, values, alive = await svc.cache.hit_rate_and_join(
+                *rate, 3600, keys, *join, PRESENCE_TTL, alive_prefix=ALIVE_PREFIX
+            )
         if deny is not None:
             cached = values[0]
     except CacheError:
         allowed, retry = True, 0.0
     if not allowed:  # 429 with Retry-After, like every REST limit
+        if alive is not None:
+            await _leave(svc, join)
         session_log.refused(status=429, reason="RATE_LIMITED")
         raise ApiError(
             "RATE_LIMITED",
             "too many WebSocket upgrades from this address; retry later",
             retry_after=max(1.0, retry),
         )
-    return cached
+    return cached, alive
 
 
 def presence_key(user_id: str) -> str:
@@ -107,23 +119,35 @@ def presence_member(svc: Services, conn_id: str) -> str:
 
 
 async def _over_user_cap(
-    svc: Services, hub: Hub, cfg: WsConfig, user_id: str, conn_id: str
+    svc: Services, hub: Hub, cfg: WsConfig, user_id: str, conn_id: str, alive: int | None
 ) -> bool:
-    """Count this socket among the user's sockets on every instance; over the cap, it does
-    not count and is refused. The sockets of an instance that died stop counting when its
-    heartbeat expires (``server.health``: seconds), not after ``PRESENCE_TTL``. Without the
-    cache, this instance's own count decides."""
+    """Count this socket among the user's sockets on every instance (``alive``: counted
+    already, with the upgrade); over the cap, it does not count and is refused. The
+    sockets of an instance that died stop counting when its heartbeat expires
+    (``server.health``: seconds), not after ``PRESENCE_TTL``. Without the cache, this
+    instance's own count decides."""
     key, member = presence_key(user_id), presence_member(svc, conn_id)
     try:
-        count = await svc.cache.presence_add(
-            key, [member], ttl=PRESENCE_TTL, alive_prefix=ALIVE_PREFIX
-        )
+        count = alive
+        if count is None:
+            count = await svc.cache.presence_add(
+                key, [member], ttl=PRESENCE_TTL, alive_prefix=ALIVE_PREFIX
+            )
         if count > cfg.max_connections_per_user:
             await svc.cache.presence_remove(key, member)
             return True
         return False
     except CacheError:
         return hub.count_for_user(user_id) >= cfg.max_connections_per_user
+
+
+async def _leave(svc: Services, join: tuple[str, str] | None) -> None:
+    """Take a refused socket out of its user's count (shielded: it runs on the way out of
+    a cancelled handshake too; unreachable, the entry expires by itself)."""
+    if join is None:
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(CacheError):
+        await svc.cache.presence_remove(*join)
 
 
 async def _close(
@@ -146,7 +170,8 @@ async def admit(svc: Services, websocket: WebSocket, hub: Hub, cfg: WsConfig) ->
     offered = websocket.requested_subprotocols
     token = next((p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), "")
     # The token is checked now (signature and expiry: no I/O), so that its deny-list entry
-    # comes with the upgrade count; what is wrong with it is said after accepting.
+    # and its user's socket count come with the upgrade count; what is wrong with it is
+    # said after accepting.
     claims: AccessClaims | None = None
     refusal: Exception | None = None
     try:
@@ -155,10 +180,46 @@ async def admit(svc: Services, websocket: WebSocket, hub: Hub, cfg: WsConfig) ->
         claims = verify_token(svc, token)
     except Exception as exc:  # said after accepting (a fault of ours: SERVER_ERROR)
         refusal = exc
-    cached = await _refuse_before_upgrade(svc, websocket, deny_key(claims.sid) if claims else None)
-    await websocket.accept(subprotocol=SUBPROTOCOL)
+    conn_id = uuid.uuid4().hex
+    join = None
+    if claims is not None:
+        join = (presence_key(claims.sub), presence_member(svc, conn_id))
+    cached, alive = await _refuse_before_upgrade(
+        svc, websocket, deny_key(claims.sid) if claims else None, join
+    )
+    try:
+        conn = await _after_upgrade(
+            svc, websocket, hub, cfg, conn_id, token, claims, refusal, cached
+        )
+        if conn is not None:
+            if await _over_user_cap(svc, hub, cfg, conn.user_id, conn_id, alive):
+                code = CloseCode.TOO_MANY_CONNECTIONS
+                await _close(svc, websocket, code, close_reason(code), "user_limit")
+                return None
+            return conn
+    except BaseException:
+        if alive is not None:
+            await _leave(svc, join)
+        raise
+    if alive is not None:
+        await _leave(svc, join)
+    return None
 
-    # Authenticate after accepting, so the browser can read the close code.
+
+async def _after_upgrade(
+    svc: Services,
+    websocket: WebSocket,
+    hub: Hub,
+    cfg: WsConfig,
+    conn_id: str,
+    token: str,
+    claims: AccessClaims | None,
+    refusal: Exception | None,
+    cached: Any,
+) -> Connection | None:
+    """Accept with ``chat.v1``, then authenticate (so the browser can read the close
+    code) and check the instance's cap. None when refused (and closed)."""
+    await websocket.accept(subprotocol=SUBPROTOCOL)
     principal: Principal
     try:
         if refusal is not None:
@@ -175,11 +236,6 @@ async def admit(svc: Services, websocket: WebSocket, hub: Hub, cfg: WsConfig) ->
     if hub.count() >= cfg.max_connections:
         code = CloseCode.TRY_AGAIN_LATER
         await _close(svc, websocket, code, close_reason(code), "instance_full")
-        return None
-    conn_id = uuid.uuid4().hex
-    if await _over_user_cap(svc, hub, cfg, principal.user_id, conn_id):
-        code = CloseCode.TOO_MANY_CONNECTIONS
-        await _close(svc, websocket, code, close_reason(code), "user_limit")
         return None
     return Connection(
         id=conn_id,

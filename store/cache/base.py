@@ -343,6 +343,24 @@ class CacheEngine(ABC):
         """:meth:`hit_rate` and :meth:`get_many` in one round trip (a ``chat.send`` counts
         against its limit and reads its keys at once): ``(allowed, retry_after, values)``."""
 
+    @abstractmethod
+    async def hit_rate_and_join(
+        self,
+        key: str,
+        limit: int,
+        window_seconds: float,
+        keys: Sequence[str],
+        presence: str,
+        member: str,
+        ttl: float,
+        *,
+        alive_prefix: str | None = None,
+    ) -> tuple[bool, float, list[bytes | None], int]:
+        """:meth:`hit_rate_and_get` and :meth:`presence_add` of ``member`` to the set
+        ``presence``, in one round trip (a WebSocket connect): ``(allowed, retry_after,
+        values, alive)``. The member is added whatever the hit's outcome: a caller that
+        then refuses removes it (:meth:`presence_remove`)."""
+
     # -- batches -----------------------------------------------------------
 
     @abstractmethod

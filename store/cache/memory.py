@@ -364,6 +364,22 @@ class MemoryCacheEngine(CacheEngine):
         allowed, retry_after = await self.hit_rate(key, limit, window_seconds)
         return allowed, retry_after, await self.get_many(keys)
 
+    async def hit_rate_and_join(
+        self,
+        key: str,
+        limit: int,
+        window_seconds: float,
+        keys: Sequence[str],
+        presence: str,
+        member: str,
+        ttl: float,
+        *,
+        alive_prefix: str | None = None,
+    ) -> tuple[bool, float, list[bytes | None], int]:
+        allowed, retry_after, values = await self.hit_rate_and_get(key, limit, window_seconds, keys)
+        alive = await self.presence_add(presence, [member], ttl, alive_prefix=alive_prefix)
+        return allowed, retry_after, values, alive
+
     # -- batches -----------------------------------------------------------
 
     def pipeline(self) -> CachePipeline:

@@ -130,6 +130,17 @@ def _queue_op(pipe: redis.client.Pipeline, op: PipelineOp) -> None:
             raise AssertionError(op)
 
 
+def _presence_args(ttl: float, members: Sequence[str], alive_prefix: str | None) -> list[str | int]:
+    """The presence script's arguments: now, the members' expiry, the ttl (ms), the
+    owners' heartbeat prefix, then the members."""
+    checked = check_ttl(ttl)
+    if checked is None:
+        raise ValueError("presence_add needs a ttl")
+    now_ms = int(time.time() * 1000)
+    ms = ttl_ms(checked)
+    return [now_ms, now_ms + ms, ms, alive_prefix or "", *members]
+
+
 class _RedisPipeline(CachePipeline):
     def __init__(self, engine: RedisCacheEngine) -> None:
         super().__init__()
@@ -296,12 +307,7 @@ class RedisCacheEngine(CacheEngine):
     async def presence_add(
         self, key: str, members: Sequence[str], ttl: float, *, alive_prefix: str | None = None
     ) -> int:
-        checked = check_ttl(ttl)
-        if checked is None:
-            raise ValueError("presence_add needs a ttl")
-        now_ms = int(time.time() * 1000)
-        ms = ttl_ms(checked)
-        args: list[str | int] = [now_ms, now_ms + ms, ms, alive_prefix or "", *members]
+        args = _presence_args(ttl, members, alive_prefix)
         return int(await self._call(self._presence_add, keys=[key], args=args))
 
     async def presence_remove(self, key: str, *members: str) -> None:
@@ -325,22 +331,56 @@ class RedisCacheEngine(CacheEngine):
         window = check_ttl(window_seconds)
         if window is None:
             raise ValueError("hit_rate needs a window")
-        count, pttl, values = await self._call(self._rate_and_mget, key, ttl_ms(window), list(keys))
+        count, pttl, values, _ = await self._call(
+            self._rate_and_mget, key, ttl_ms(window), list(keys)
+        )
         if int(count) <= limit:
             return True, 0.0, values
         return False, (int(pttl) / 1000.0 if int(pttl) >= 0 else window), values
 
+    async def hit_rate_and_join(
+        self,
+        key: str,
+        limit: int,
+        window_seconds: float,
+        keys: Sequence[str],
+        presence: str,
+        member: str,
+        ttl: float,
+        *,
+        alive_prefix: str | None = None,
+    ) -> tuple[bool, float, list[bytes | None], int]:
+        window = check_ttl(window_seconds)
+        if window is None:
+            raise ValueError("hit_rate needs a window")
+        join = (presence, _presence_args(ttl, [member], alive_prefix))
+        count, pttl, values, alive = await self._call(
+            self._rate_and_mget, key, ttl_ms(window), list(keys), join
+        )
+        if int(count) <= limit:
+            return True, 0.0, values, int(alive)
+        return False, (int(pttl) / 1000.0 if int(pttl) >= 0 else window), values, int(alive)
+
     def _rate_and_mget(
-        self, key: str, window_ms: int, keys: list[str]
-    ) -> tuple[int, int, list[bytes | None]]:
-        """In a worker thread: the counting script and MGET, pipelined (one round trip)."""
+        self,
+        key: str,
+        window_ms: int,
+        keys: list[str],
+        join: tuple[str, list[str | int]] | None = None,
+    ) -> tuple[int, int, list[bytes | None], int]:
+        """In a worker thread: the counting script, MGET and (``join``) the presence
+        script, pipelined (one round trip)."""
         pipe = self._client.pipeline(transaction=False)
         self._incr_window(keys=[key], args=[1, window_ms], client=pipe)
         if keys:
             pipe.mget(keys)
+        if join is not None:
+            self._presence_add(keys=[join[0]], args=join[1], client=pipe)
         replies = pipe.execute()
         count, pttl = replies[0]
-        return int(count), int(pttl), list(replies[1]) if keys else []
+        values = list(replies[1]) if keys else []
+        alive = int(replies[-1]) if join is not None else 0
+        return int(count), int(pttl), values, alive
 
     # -- batches -----------------------------------------------------------
 

@@ -7,6 +7,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from server.ws.admission import presence_key
 from server.ws.connection import WsConfig
 from tests.support.live import LiveServer
 from tests.support.wsclient import Rest, connect
@@ -76,3 +77,47 @@ async def test_three_turns_per_user_at_once(live: LiveServer) -> None:
                     "messageId": ack["data"]["assistantMessageId"],
                 },
             )
+
+
+async def _closed_with(live: LiveServer, token: str) -> int:
+    async with open_websocket_url(live.ws_url, subprotocols=["chat.v1", f"bearer.{token}"]) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            with trio.fail_after(5):
+                await ws.get_message()
+    return closed.value.reason.code
+
+
+async def test_refused_handshakes_leave_the_users_socket_count_as_it_was(
+    live: LiveServer,
+) -> None:
+    # A socket joins its user's count (the cap of 4504) with the upgrade's cache round
+    # trip, before it is authenticated; one refused after that must leave the count.
+    await _until_empty(live)
+    assert live.svc is not None
+    rest = Rest(live.http_url)
+    reg = await rest.register()
+    user_id, token = reg["user"]["id"], reg["accessToken"]
+    revoked = await rest.login(reg["user"]["email"], "password 123")
+    r = await rest.call("POST", "/api/v1/auth/logout", token=revoked["accessToken"])
+    assert r.status_code == 204
+    other = (await rest.register())["accessToken"]
+
+    async def counted() -> int:
+        return int(
+            await trio.to_thread.run_sync(
+                live.run_async, live.svc.cache.presence_add, presence_key(user_id), [], 60.0
+            )
+        )
+
+    async with connect(live.ws_url, token):
+        assert await counted() == 1
+        for _ in range(3):  # a revoked session: accepted, then closed
+            assert await _closed_with(live, revoked["accessToken"]) == 4500
+        async with connect(live.ws_url, other):
+            assert await _closed_with(live, token) == 1013  # the instance is full
+        assert await counted() == 1
+    for _ in range(100):  # the socket's own entry goes when it closes
+        if await counted() == 0:
+            break
+        await trio.sleep(0.05)
+    assert await counted() == 0

@@ -341,6 +341,28 @@ async def test_hit_rate_and_get_counts_and_reads_in_one_call(
     assert await engine.hit_rate_and_get(key("rl2"), 1, 1.0, []) == (True, 0.0, [])
 
 
+async def test_hit_rate_and_join_counts_reads_and_adds_in_one_call(
+    engine: CacheEngine, key: KeyFactory
+) -> None:
+    k, alive = key("presence"), key("alive:")
+    await engine.set(alive + "i1", b"1", ttl=5)
+    await engine.set(key("deny"), b"x")
+    assert await engine.presence_add(k, ["i9|gone"], ttl=60) == 1  # its owner has no heartbeat
+    got = await engine.hit_rate_and_join(
+        key("rl"), 1, 0.4, [key("deny")], k, "i1|a", 5.0, alive_prefix=alive
+    )
+    assert got == (True, 0.0, [b"x"], 1)  # "i9|gone" went with its owner
+    allowed, retry_after, values, count = await engine.hit_rate_and_join(
+        key("rl"), 1, 0.4, [], k, "i1|b", 5.0, alive_prefix=alive
+    )
+    # denied: the member is added all the same (the caller that refuses removes it)
+    assert (allowed, values, count) == (False, [], 2) and 0 < retry_after <= 0.4
+    await engine.presence_remove(k, "i1|b")
+    assert await engine.presence_add(k, [], ttl=5, alive_prefix=alive) == 1
+    # the same counter as hit_rate's
+    assert (await engine.hit_rate(key("rl"), 1, 0.4))[0] is False
+
+
 # ---------------------------------------------------------------------------
 # lists (stream buffers)
 # ---------------------------------------------------------------------------
