@@ -62,20 +62,28 @@ def _text_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
+_NO_ITEMS: tuple[()] = ()
+
+
 class OutboundQueue:
     """A FIFO of outbound frames for one connection, merging adjacent deltas."""
+
+    __slots__ = ("_bytes", "_items", "max_bytes", "max_frames", "merged_total", "pushed_total")
 
     def __init__(self, max_frames: int, max_bytes: int) -> None:
         if max_frames < 1 or max_bytes < 1:
             raise ValueError("bounds must be positive")
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self._items: deque[_Stream | _Frame] = deque()
+        self._items: deque[_Stream | _Frame] | tuple[()] = _NO_ITEMS  # a deque while non-empty
         self._bytes = 0
-        self.merged_total = 0
-        """Deltas that joined a queued frame instead of making their own."""
-        self.pushed_total = 0
-        """Everything pushed (deltas and frames)."""
+        self.merged_total = 0  # deltas that joined a queued frame instead of making their own
+        self.pushed_total = 0  # everything pushed (deltas and frames)
+
+    def _append(self, item: _Stream | _Frame) -> None:
+        if not self._items:
+            self._items = deque()
+        self._items.append(item)
 
     def push_stream(self, delta: StreamDelta, reply: ReplyTo) -> bool:
         """Queue one `chat.stream` delta; True when it merged into the tail."""
@@ -112,7 +120,7 @@ class OutboundQueue:
             + (4 if request_id is None else _json_size(request_id) + 2)
         )
         item = _Stream(delta, reply, chunk, envelope + size, [text])
-        self._items.append(item)
+        self._append(item)
         self._bytes += item.nbytes
         return False
 
@@ -120,7 +128,7 @@ class OutboundQueue:
         """Queue an already encoded frame (it is never merged)."""
         self.pushed_total += 1
         item = _Frame(frame.text, frame.type, _text_size(frame.text))
-        self._items.append(item)
+        self._append(item)
         self._bytes += item.nbytes
 
     def pop(self) -> OutboundFrame | None:
@@ -128,6 +136,8 @@ class OutboundQueue:
         if not self._items:
             return None
         item = self._items.popleft()
+        if not self._items:
+            self._items = _NO_ITEMS
         self._bytes -= item.nbytes
         if isinstance(item, _Frame):
             return OutboundFrame(item.text, item.type)
@@ -140,7 +150,7 @@ class OutboundQueue:
 
     def clear(self) -> None:
         """Drop everything queued (the connection is gone)."""
-        self._items.clear()
+        self._items = _NO_ITEMS
         self._bytes = 0
 
     @property

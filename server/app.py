@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 
@@ -30,8 +31,9 @@ from server.turns import TurnManager
 from server.web import register_web
 from server.ws import heartbeat
 from server.ws.admission import SUBPROTOCOL
-from server.ws.asgi import WebSocket, WsFront
+from server.ws.asgi import WsFront
 from server.ws.connection import WsConfig, handle_websocket, sweep_connections
+from server.ws.dispatch import Dispatcher
 from server.ws.hub import Hub
 from store.messages import interrupt_streaming
 
@@ -181,8 +183,9 @@ def create_app(
     app.config["PARLEY_DRAIN"] = _drain
     background = trio.CancelScope()
 
-    async def _ws(ws: WebSocket) -> None:
-        await handle_websocket(svc, hub, turns, ws_cfg, load, ws)
+    _ws = functools.partial(
+        handle_websocket, svc, hub, turns, ws_cfg, load, Dispatcher(svc, turns, ws_cfg)
+    )
 
     @app.route("/ws", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def _ws_without_upgrade() -> Response:

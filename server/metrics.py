@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -57,6 +59,9 @@ class Metrics:
             ["direction", "type"],
             registry=r,
         )
+        # its ("out", type) children, kept by the writers (labels() costs per call; one
+        # dict for every connection rather than one each)
+        self.ws_frames_out: dict[str, Any] = {}
         self.ws_dropped = Counter(
             "parley_ws_dropped",
             "WebSocket connections dropped by reason",

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from server.logging import get_logger
 from server.settings import Settings
+from server.ws.asgi import WORKER_HEADER_KEY
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -85,14 +86,22 @@ class WorkerHeader:
     """ASGI middleware: every HTTP response (and WebSocket handshake answer) names the
     process that made it, ``X-Parley-Worker: <pid>`` (a debugging aid with N workers)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, ws_app: Any = None) -> None:
         self.app = app
+        self.ws_app = ws_app  # WebSockets go straight here; it adds the header on accept
         self.value = str(os.getpid()).encode()
+        self.ws_header = (WORKER_HEADER, self.value)
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
+        if scope["type"] == "websocket" and self.ws_app is not None:
+            # no frame of ours for the socket's life: its answer adds the header itself
+            scope[WORKER_HEADER_KEY] = self.ws_header
+            return self.ws_app(scope, receive, send)
         if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._wrapped(scope, receive, send)
+
+    async def _wrapped(self, scope: Scope, receive: Any, send: Any) -> None:
 
         async def send_with_header(message: Message) -> None:
             if message["type"] in (
@@ -109,8 +118,9 @@ class WorkerHeader:
 
 
 def with_worker_header(app: Any) -> ASGIFramework:
-    """``app`` behind :class:`WorkerHeader`, typed for Hypercorn's ``serve``."""
-    return cast("ASGIFramework", WorkerHeader(app))
+    """``app`` behind :class:`WorkerHeader`, typed for Hypercorn's ``serve`` (mode="asgi":
+    ``__call__`` is a plain function). WebSockets skip Quart's ``__call__``."""
+    return cast("ASGIFramework", WorkerHeader(app, getattr(app, "asgi_app", None)))
 
 
 def metrics_port(settings: Settings, worker: int) -> int:

@@ -159,7 +159,9 @@ def run_worker(settings: Settings, sock: socket.socket, *, worker: int | None = 
                 log.info("worker_serving", pid=os.getpid())
             else:
                 log.info("serving", address=f"http://{settings.host}:{port}")
-            await hypercorn_serve(with_worker_header(app), cfg, shutdown_trigger=stop.wait)
+            await hypercorn_serve(
+                with_worker_header(app), cfg, shutdown_trigger=stop.wait, mode="asgi"
+            )
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -25,13 +25,18 @@ from server.errors import ApiError, error_body, retry_after_header
 from server.logging import get_logger
 from server.security import SECURITY_HEADERS
 
-__all__ = ["Disconnected", "WebSocket", "WsFront"]
+__all__ = ["WORKER_HEADER_KEY", "Disconnected", "WebSocket", "WsFront"]
 
 log = get_logger("parley.ws")
+#: where server.process.WorkerHeader puts its ``X-Parley-Worker`` header for the socket's
+#: answers (the upgrade's accept or refusal), which skip its wrapper
+WORKER_HEADER_KEY = "parley.worker_header"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+# the only request headers Parley reads (admission, session_log); ASGI names are lower-case
+_WANTED = frozenset((b"origin", b"x-forwarded-for", b"traceparent"))
 _REFUSAL_HEADERS = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 
 
@@ -52,8 +57,14 @@ class WebSocket:
         self.accepted = False
         headers: dict[str, str] = {}
         for name, value in scope.get("headers") or ():
-            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+            name = name.lower()
+            if name in _WANTED:
+                headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         self.headers = headers
+
+    def _extra(self) -> list[tuple[bytes, bytes]]:
+        header = self.scope.get(WORKER_HEADER_KEY)
+        return [header] if header is not None else []
 
     @property
     def requested_subprotocols(self) -> list[str]:
@@ -65,7 +76,9 @@ class WebSocket:
         return str(client[0]) if client else ""
 
     async def accept(self, subprotocol: str) -> None:
-        await self._send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
+        await self._send(
+            {"type": "websocket.accept", "subprotocol": subprotocol, "headers": self._extra()}
+        )
         self.accepted = True
 
     async def receive(self) -> str | bytes | None:
@@ -94,6 +107,7 @@ class WebSocket:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             *_REFUSAL_HEADERS,
+            *self._extra(),
         ]
         if err.retry_after is not None:
             headers.append((b"retry-after", retry_after_header(err.retry_after).encode()))

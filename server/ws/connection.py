@@ -1,5 +1,8 @@
-"""The ``/ws`` endpoint: the handshake (:mod:`.admission`), then one nursery with a reader,
-a writer and a close watchdog; one instance-wide sweeper checks every connection's deadlines.
+"""The ``/ws`` endpoint: the handshake (:mod:`.admission`), then one nursery whose body
+reads and whose one child task writes (a decided close gives the nursery a deadline: the
+writer's grace to deliver it); one instance-wide sweeper checks every connection's
+deadlines. Each task an idle socket keeps costs memory for the socket's whole life
+(benchmarks/README.md, idle sockets), hence no more of them.
 
 Only the writer writes to the socket. Everything else (replies, turn frames,
 the close) is pushed to the connection's :class:`~server.ws.outbox.Outbox` or set
@@ -9,8 +12,8 @@ as the close to perform; the writer drains the outbox and then closes.
 from __future__ import annotations
 
 import time
+from collections import deque
 from contextlib import suppress
-from typing import Any
 
 import trio
 
@@ -38,13 +41,18 @@ log = get_logger("parley.ws")
 
 
 async def handle_websocket(
-    svc: Services, hub: Hub, turns: TurnManager, cfg: WsConfig, load: LoadMonitor, ws: WebSocket
+    svc: Services,
+    hub: Hub,
+    turns: TurnManager,
+    cfg: WsConfig,
+    load: LoadMonitor,
+    dispatcher: Dispatcher,
+    ws: WebSocket,
 ) -> None:
     """The whole life of one WebSocket, from the HTTP upgrade to the close."""
     conn = await admit(svc, ws, hub, cfg)
     if conn is None:
         return
-    dispatcher = Dispatcher(svc, turns, cfg)
     started = session_log.started(conn, ws.headers.get("traceparent"))
     # session.ready is the first frame: queued before the connection is in the hub, where
     # a drain (server.draining) or a revocation could reach it
@@ -54,13 +62,14 @@ async def handle_websocket(
     try:
         try:
             async with trio.open_nursery() as nursery:
-                scope = nursery.cancel_scope
+                scope = conn.scope = nursery.cancel_scope
+                if conn.close_by is not None:  # closed before the scope existed
+                    scope.deadline = conn.close_by
                 nursery.start_soon(_writer, svc, load, conn, cfg, ws, scope)
-                nursery.start_soon(_reader, svc, dispatcher, conn, cfg, ws, scope)
-                nursery.start_soon(_close_watchdog, conn, nursery.cancel_scope)
                 # bookkeeping beside the connection: a slow cache or database must not
                 # hold up session.ready or the client's first frames
                 nursery.start_soon(_note_activity, svc, conn.user_id)
+                await _reader(svc, dispatcher, conn, cfg, ws, scope)
         except Exception:
             log.exception("ws_connection_failed", userId=conn.user_id, connectionId=conn.id)
             svc.metrics.ws_dropped.labels("server_error").inc()
@@ -96,7 +105,7 @@ async def _writer(
     due (checked before each wait, with no await in between, so a wake is never lost),
     and the close once the queue is sent."""
     frames = svc.metrics.ws_frames
-    out: dict[str, Any] = {}  # metric children by frame type (labels() costs per call)
+    out = svc.metrics.ws_frames_out  # metric children by frame type (labels() costs per call)
     relay = svc.metrics.relay_seconds
     outbox = conn.outbox
     send = ws.send
@@ -105,7 +114,7 @@ async def _writer(
     while True:
         if heartbeat is not None and heartbeat.ping_due:
             await heartbeat.send_due_ping()
-        if linger > 0 and load.under_pressure and not conn.closing.is_set():
+        if linger > 0 and load.under_pressure and not conn.closing:
             head = outbox.head_timing()
             # Wait only for a message whose next delta is due within the window.
             if head is not None and head[1] < linger:
@@ -114,7 +123,7 @@ async def _writer(
                     await trio.sleep(wait)
         item = outbox.pop()
         if item is None:
-            if conn.closing.is_set():
+            if conn.closing:
                 break
             await outbox.wait()
             continue
@@ -127,15 +136,8 @@ async def _writer(
         counter.inc()
         if t0 is not None:
             relay.observe(time.perf_counter() - t0)
+        del item, frame, counter  # an idle writer keeps no frame alive
     await ws.close(conn.close_code or 1000, conn.close_reason)
-    scope.cancel()
-
-
-async def _close_watchdog(conn: Connection, scope: trio.CancelScope) -> None:
-    """Once a close is decided, the writer gets 5 s to deliver it (a peer that reads
-    nothing cannot hold the connection open); then the connection is dropped."""
-    await conn.closing.wait()
-    await trio.sleep(5.0)
     scope.cancel()
 
 
@@ -148,7 +150,7 @@ async def _reader(
     scope: trio.CancelScope,
 ) -> None:
     frames = svc.metrics.ws_frames
-    while not conn.closing.is_set():
+    while not conn.closing:
         try:
             raw = await ws.receive()
         except Disconnected:  # the peer is gone: nothing left to write to
@@ -197,6 +199,8 @@ async def _reader(
 def _too_many_invalid(conn: Connection, cfg: WsConfig) -> bool:
     """The invalid-frame rule: ``invalid_frames_limit`` within ``invalid_frames_window``."""
     now = trio.current_time()
+    if conn.invalid_at is None:
+        conn.invalid_at = deque()
     conn.invalid_at.append(now)
     while conn.invalid_at and now - conn.invalid_at[0] > cfg.invalid_frames_window:
         conn.invalid_at.popleft()
@@ -215,7 +219,7 @@ def check_connection(
     ping that has become due wakes the writer to send it. ``now`` is trio's clock;
     ``wall`` and ``mono``, ``time.time()`` and ``time.monotonic()`` when the caller read
     them once for many connections."""
-    if conn.closing.is_set():
+    if conn.closing:
         return
     if mono is None:
         mono = time.monotonic()

@@ -18,7 +18,6 @@ the patched methods fails loudly at start-up.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hypercorn.protocol import ws_stream
@@ -35,10 +34,10 @@ class HeartbeatState:
     """One socket's pings: the first is due at accept, then one every interval
     (:meth:`schedule`, by the sweeper); :meth:`send_due_ping` (by the writer) sends it."""
 
-    __slots__ = ("_send_ping", "last_ping", "outstanding_since", "ping_due", "pongs")
+    __slots__ = ("_stream", "last_ping", "outstanding_since", "ping_due", "pongs")
 
-    def __init__(self, send_ping: Callable[[], Awaitable[None]] | None = None) -> None:
-        self._send_ping = send_ping
+    def __init__(self, stream: Any = None) -> None:
+        self._stream = stream  # Hypercorn's WSStream
         self.outstanding_since: float | None = None
         self.pongs = 0
         self.ping_due = False
@@ -80,8 +79,9 @@ class HeartbeatState:
         """The writer's call: send the ping that is due, if one is."""
         if self.ping_due:
             self.ping_due = False
-            if self._send_ping is not None:
-                await self._send_ping()
+            stream = self._stream
+            if stream is not None and not stream.closed:
+                await stream._send_wsproto_event(Ping())
 
 
 _installed = False
@@ -98,14 +98,16 @@ def install() -> None:
     original_accept = cls._accept
 
     async def _accept(self: Any, message: Any) -> None:
-        async def send_ping() -> None:
-            if not self.closed:
-                await self._send_wsproto_event(Ping())
-
-        state = HeartbeatState(send_ping)
+        state = HeartbeatState(self)
         self.scope[SCOPE_KEY] = state
         await original_accept(self, message)
         state.due_now(time.monotonic())  # "a ping at accept" (docs/PROTOCOL.md)
+        # The upgrade's parsed copies are not read after the accept (Parley kept the
+        # headers it needs; access logging is off): drop them, with the bearer token
+        hs = self.handshake
+        hs.connection_tokens = hs.extensions = hs.subprotocols = hs.key = None
+        self.scope["headers"] = []
+        self.scope["subprotocols"] = []
 
     async def _handle_events(self: Any) -> None:
         # Hypercorn's own loop, plus the Pong branch.

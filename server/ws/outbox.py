@@ -19,26 +19,30 @@ __all__ = ["Outbox"]
 
 
 class Outbox:
+    __slots__ = ("_t0", "_waiter", "closed", "over_since", "queue")
+
     def __init__(self, *, max_frames: int = 2048, max_bytes: int = 1024 * 1024) -> None:
         self.queue = OutboundQueue(max_frames=max_frames, max_bytes=max_bytes)
-        # When each queued item's first delta came from upstream (None for other frames),
-        # kept beside the queue: relay latency is measured from it when the frame is written.
-        # and how far apart that message's deltas come (None for other frames)
-        self._t0: deque[tuple[float, float] | None] = deque()
-        self._ready = trio.Event()
+        self._t0: deque[tuple[float, float] | None] | None = None  # made on push, dropped empty
+        self._waiter: trio.lowlevel.Task | None = None
         self.closed = False
         self.over_since: float | None = None
+
+    def _t0_push(self, value: tuple[float, float] | None) -> None:
+        if self._t0 is None:
+            self._t0 = deque()
+        self._t0.append(value)
 
     def _pushed(self) -> None:
         if self.queue.over_limit and self.over_since is None:
             self.over_since = trio.current_time()
-        self._ready.set()
+        self.wake()
 
     def push_frame(self, frame: OutboundFrame) -> None:
         if self.closed:
             return
         self.queue.push_frame(frame)
-        self._t0.append(None)
+        self._t0_push(None)
         self._pushed()
 
     def push_stream(
@@ -49,7 +53,7 @@ class Outbox:
         if self.closed:
             return
         if not self.queue.push_stream(delta, reply):
-            self._t0.append(None if t0 is None else (t0, gap))
+            self._t0_push(None if t0 is None else (t0, gap))
         self._pushed()
 
     def pop(self) -> tuple[OutboundFrame, float | None] | None:
@@ -59,7 +63,10 @@ class Outbox:
             return None
         if self.over_since is not None and not self.queue.over_limit:
             self.over_since = None
+        assert self._t0 is not None
         head = self._t0.popleft()
+        if not self._t0:
+            self._t0 = None
         return frame, None if head is None else head[0]
 
     def head_timing(self) -> tuple[float, float] | None:
@@ -68,29 +75,38 @@ class Outbox:
         return self._t0[0] if self._t0 else None
 
     async def wait(self) -> None:
-        """Until something is pushed (or :meth:`wake` is called)."""
+        """Until something is pushed (or :meth:`wake` is called). One waiter: the writer."""
         if self.queue:
             return
-        self._ready = trio.Event()
-        await self._ready.wait()
+        # No Event per wait (an idle writer would hold one for the socket's life): the
+        # writer parks itself, and wake() or a cancellation (whichever comes first, each
+        # clearing the waiter) reschedules it exactly once.
+        self._waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._aborted)
+
+    def _aborted(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._waiter = None  # cancelled: trio reschedules it; wake() must not
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def wake(self) -> None:
-        self._ready.set()
+        task, self._waiter = self._waiter, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     def seal(self) -> None:
         """The connection is closing: deliver what is queued, accept nothing new."""
         self.closed = True
-        self._ready.set()
+        self.wake()
 
     def drop_queued(self) -> None:
         """A consumer too slow to keep: forget what it has not read (it will resume)."""
         self.queue.clear()
-        self._t0.clear()
+        self._t0 = None
         self.over_since = None
 
     def close(self) -> None:
         """The connection is gone: drop everything."""
         self.closed = True
         self.queue.clear()
-        self._t0.clear()
-        self._ready.set()
+        self._t0 = None
+        self.wake()

@@ -82,7 +82,10 @@ class WsConfig:
         )
 
 
-@dataclass(eq=False)
+CLOSE_GRACE = 5.0  # the writer gets this long to deliver a decided close
+
+
+@dataclass(eq=False, slots=True)
 class Connection:
     id: str
     user_id: str
@@ -92,8 +95,10 @@ class Connection:
     outbox: Outbox = field(default_factory=Outbox)
     close_code: int | None = None
     close_reason: str = ""
-    closing: trio.Event = field(default_factory=trio.Event)
-    invalid_at: deque[float] = field(default_factory=deque)
+    closing: bool = False
+    invalid_at: deque[float] | None = None  # made on the first invalid frame
+    scope: trio.CancelScope | None = None  # the connection's; a close gives it a deadline
+    close_by: float | None = None
     budget: FrameBudget | None = None  # set by the dispatcher on first use
     # for the session's access log line (server/ws/session_log.py): text frames' characters
     chars_in: int = 0
@@ -105,5 +110,9 @@ class Connection:
         """Ask the writer to close after what is already queued (first request wins)."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-        self.closing.set()
+        if not self.closing:
+            self.closing = True
+            self.close_by = trio.current_time() + CLOSE_GRACE
+            if self.scope is not None:
+                self.scope.deadline = min(self.scope.deadline, self.close_by)
         self.outbox.seal()

@@ -69,3 +69,43 @@ async def test_wait_wakes_on_push_and_close_drops_everything() -> None:
     push(ob, 1, "y")
     ob.push_frame(OutboundFrame("{}", "x"))
     assert ob.pop() is None and ob.closed
+
+
+async def test_a_cancelled_waiter_is_not_woken_again() -> None:
+    # The writer parks without an Event: a wake() right after its cancellation was
+    # delivered (before it ran again) must not reschedule it a second time.
+    ob = Outbox()
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as n:
+
+            async def cancel_then_wake() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()  # the waiter's abort runs now: it is rescheduled, Cancelled
+                ob.wake()  # and this finds no waiter
+
+            n.start_soon(cancel_then_wake)
+            await ob.wait()
+    assert scope.cancelled_caught
+    # the outbox still works: the next wait parks again and a push wakes it
+    async with trio.open_nursery() as n:
+        n.start_soon(ob.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        push(ob, 0, "x")
+    assert ob.pop() is not None
+
+
+async def test_a_wake_with_nothing_pushed_ends_one_wait() -> None:
+    ob = Outbox()
+    rounds = 0
+
+    async def waiter() -> None:
+        nonlocal rounds
+        await ob.wait()
+        rounds += 1
+
+    async with trio.open_nursery() as n:
+        n.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        ob.wake()
+        ob.wake()  # a second wake before it runs: nothing to do
+    assert rounds == 1

@@ -29,6 +29,7 @@ from server import process, worker
 from server.process import WorkerHeader, metrics_port, start_metrics_listener, watch_parent
 from server.settings import Settings
 from server.supervisor import FD_ENV, INDEX_ENV, Supervisor, _check_metrics_ports, supervise
+from server.ws.asgi import WORKER_HEADER_KEY
 from tests.support.procs import free_port_range
 
 # A worker that serves until SIGTERM, then exits 0; one that ignores SIGTERM; one that dies.
@@ -237,3 +238,21 @@ def test_workers_leave_running_on_to_the_supervisor() -> None:
 
     assert not quiet.filter(record("Running on http://127.0.0.1:8000 (CTRL + C to quit)"))
     assert quiet.filter(record("something else"))
+
+
+async def test_websockets_skip_the_worker_header_wrapper_and_carry_its_header() -> None:
+    # A socket's whole life would otherwise keep the wrapper's frame and closure: it goes
+    # straight to the WebSocket app, which adds the header to its accept from the scope.
+    seen: list[tuple[str, Any]] = []
+
+    async def app(scope: dict[str, Any], _receive: Any, _send: Any) -> None:
+        seen.append(("app", scope["type"]))
+
+    async def ws_app(scope: dict[str, Any], _receive: Any, _send: Any) -> None:
+        seen.append(("ws_app", scope[WORKER_HEADER_KEY]))
+
+    wrapped = WorkerHeader(app, ws_app)
+    for kind in ("http", "websocket", "lifespan"):
+        await wrapped({"type": kind}, None, None)
+    pid = str(os.getpid()).encode()
+    assert seen == [("app", "http"), ("ws_app", (b"x-parley-worker", pid)), ("app", "lifespan")]

@@ -10,6 +10,7 @@ import pytest
 
 from server.errors import ApiError
 from server.security import SECURITY_HEADERS
+from server.ws import asgi
 from server.ws.asgi import Disconnected, WebSocket, WsFront
 
 EXT = {"websocket.http.response": {}}
@@ -68,7 +69,7 @@ async def test_websocket_reads_the_scope_and_messages() -> None:
     )
     ws = WebSocket(_scope(), peer.receive, peer.send)
     assert ws.headers["origin"] == "http://a"  # the first of a repeated header, any case
-    assert ws.headers["x-y"] == "1"
+    assert "x-y" not in ws.headers  # only the headers Parley reads are kept
     assert ws.requested_subprotocols == ["chat.v1", "bearer.t"]
     assert ws.remote_addr == "10.0.0.7"
     assert await ws.receive() == "hello"  # the connect event is skipped
@@ -81,14 +82,15 @@ async def test_websocket_reads_the_scope_and_messages() -> None:
 
 async def test_websocket_accepts_sends_and_closes() -> None:
     peer = Peer()
-    ws = WebSocket(_scope(), peer.receive, peer.send)
+    worker = (b"x-parley-worker", b"123")  # put there by server.process.WorkerHeader
+    ws = WebSocket(_scope(**{asgi.WORKER_HEADER_KEY: worker}), peer.receive, peer.send)
     assert not ws.accepted
     await ws.accept("chat.v1")
     await ws.send("frame")
     await ws.close(4001, "AUTH_EXPIRED")
     assert ws.accepted
     assert peer.sent == [
-        {"type": "websocket.accept", "subprotocol": "chat.v1", "headers": []},
+        {"type": "websocket.accept", "subprotocol": "chat.v1", "headers": [worker]},
         {"type": "websocket.send", "text": "frame"},
         {"type": "websocket.close", "code": 4001, "reason": "AUTH_EXPIRED"},
     ]
@@ -102,13 +104,15 @@ async def test_a_refusal_is_an_http_error_answer_with_the_edge_headers() -> None
 
     front = WsFront(None, handler, on_refused=lambda err: refused.append(err.code))
     peer = Peer()
-    await front(_scope(extensions=EXT), peer.receive, peer.send)
+    worker = (b"x-parley-worker", b"123")
+    await front(_scope(extensions=EXT, **{asgi.WORKER_HEADER_KEY: worker}), peer.receive, peer.send)
     start, body = peer.sent
     assert start["type"] == "websocket.http.response.start"
     assert start["status"] == 429
     headers = dict(start["headers"])
     assert headers[b"retry-after"] == b"3"
     assert headers[b"content-type"] == b"application/json"
+    assert headers[b"x-parley-worker"] == b"123"
     for name, value in SECURITY_HEADERS.items():
         assert headers[name.lower().encode()] == value.encode()
     payload = orjson.loads(body["body"])
