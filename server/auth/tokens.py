@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import secrets
 import time
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 
 __all__ = [
     "AccessClaims",
@@ -89,10 +92,7 @@ class KeyRing:
         return token, claims
 
     def verify(self, token: str, *, now: float | None = None) -> AccessClaims:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise TokenInvalid("malformed token") from exc
+        header = _unverified_header(token)
         kid = header.get("kid")
         if header.get("alg") != ALGORITHM or not isinstance(kid, str) or kid not in self._keys:
             raise TokenInvalid("unknown signing key")
@@ -128,6 +128,20 @@ class KeyRing:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TokenInvalid("bad claims") from exc
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The token's header, read only to pick the key: ``jwt.decode`` then checks the whole
+    token strictly, header included. (``jwt.get_unverified_header`` would check every
+    character of the token once more in Python, which doubled what a verify cost.)"""
+    head = token.split(".", 1)[0]
+    try:
+        header = orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise TokenInvalid("malformed token") from exc
+    if not isinstance(header, dict):
+        raise TokenInvalid("malformed token")
+    return header
 
 
 def new_refresh_token() -> str:

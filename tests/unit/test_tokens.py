@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import time
 
 import jwt
@@ -80,6 +81,31 @@ def test_tampering_rejected() -> None:
     )
     with pytest.raises(TokenInvalid):
         ring.verify(forged)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "!!!!",  # not base64url
+        _b64(b"not json"),
+        _b64(b"[1, 2]"),  # JSON, not an object
+        _b64(b'{"alg": "none", "kid": "a"}'),
+        _b64(b'{"alg": "HS256", "kid": 7}'),
+        _b64(b'{"alg": "HS256", "kid": "zz"}'),  # a key the ring does not hold
+        "é" + _b64(b'{"alg": "HS256", "kid": "a"}'),  # not ASCII
+        _b64(b'{"alg": "HS256", "kid": "a"}') + "==x",  # junk after a valid header
+    ],
+)
+def test_a_bad_header_is_an_invalid_token_whatever_the_rest(header: str) -> None:
+    ring = KeyRing([A])
+    token, _ = ring.issue(user_id="u", session_id="s", kind="guest", role="user")
+    _, body, sig = token.split(".")
+    with pytest.raises(TokenInvalid):
+        ring.verify(f"{header}.{body}.{sig}")
 
 
 def test_refresh_tokens() -> None:
