@@ -110,6 +110,7 @@ def run_worker(settings: Settings, sock: socket.socket, *, worker: int | None = 
     index under ``parley serve --workers N`` (server/supervisor.py), None on its own."""
     from server.app import create_app
     from server.process import (
+        collect_garbage_periodically,
         freeze_startup_objects,
         limit_malloc_arenas,
         start_metrics_listener,
@@ -154,6 +155,7 @@ def run_worker(settings: Settings, sock: socket.socket, *, worker: int | None = 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals)
             nursery.start_soon(drain_then_stop)
+            nursery.start_soon(collect_garbage_periodically)
             if worker is not None:
                 nursery.start_soon(watch_parent, shutdown)
                 log.info("worker_serving", pid=os.getpid())

@@ -10,6 +10,8 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
+import trio
+import trio.testing
 
 from server import process
 
@@ -65,3 +67,43 @@ def test_startup_objects_are_frozen_after_a_collection() -> None:
     process.freeze_startup_objects()
     assert gc.get_freeze_count() > before
     assert garbage() is None  # collected first, not frozen forever
+
+
+@pytest.mark.usefixtures("gc_state")
+async def test_garbage_is_collected_on_a_timer_and_all_of_it_every_fourth_time(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collected: list[tuple[int, int]] = []
+    freed = iter([0, 0, 0, 5_000] + [0] * 3 + [0] + [0] * 7 + [0] + [0] * 15 + [5_000] * 5)
+    start = trio.current_time()
+
+    def collect(generation: int = 2) -> int:
+        collected.append((round((trio.current_time() - start) / process.GC_PERIOD), generation))
+        return next(freed)
+
+    monkeypatch.setattr(process.gc, "collect", collect)
+    with trio.move_on_after(36 * process.GC_PERIOD + 1):
+        await process.collect_garbage_periodically()
+    fulls = [t for t, g in collected if g == 2]
+    assert len(collected) == 36 and all(g == 1 for t, g in collected if t not in fulls)
+    # every 4th; one that frees much keeps the pace, one that frees little doubles the wait
+    assert fulls == [4, 8, 16, 32, 36]
+
+
+@pytest.mark.usefixtures("gc_state")
+async def test_a_timed_collection_frees_a_cycle_the_thresholds_would_leave(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    gc.disable()  # as if the allocation count never reached a threshold
+    garbage = weakref.ref(Cycle())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(process.collect_garbage_periodically, 1.0, 2)
+        await trio.sleep(0.5)
+        assert garbage() is not None
+        await trio.sleep(1.0)  # one collection of the younger generations
+        assert garbage() is None
+        nursery.cancel_scope.cancel()
