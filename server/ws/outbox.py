@@ -81,6 +81,8 @@ class Outbox:
         # No Event per wait (an idle writer would hold one for the socket's life): the
         # writer parks itself, and wake() or a cancellation (whichever comes first, each
         # clearing the waiter) reschedules it exactly once.
+        if self._waiter is not None:
+            raise RuntimeError("an outbox has one waiter: its connection's writer")
         self._waiter = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._aborted)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 import trio
 import trio.testing
 
@@ -109,3 +110,13 @@ async def test_a_wake_with_nothing_pushed_ends_one_wait() -> None:
         ob.wake()
         ob.wake()  # a second wake before it runs: nothing to do
     assert rounds == 1
+
+
+async def test_a_second_waiter_is_refused() -> None:
+    ob = Outbox()
+    async with trio.open_nursery() as n:
+        n.start_soon(ob.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(RuntimeError, match="one waiter"):
+            await ob.wait()
+        ob.wake()
