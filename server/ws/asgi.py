@@ -45,8 +45,10 @@ class Disconnected(Exception):
 
 
 class WebSocket:
-    """One upgrade's ASGI scope and callables. ``headers`` maps lower-case names to the
-    first value sent under that name."""
+    """One upgrade's ASGI scope and callables. ``headers`` maps the lower-case names of
+    the request headers Parley reads (``origin``, ``x-forwarded-for``, ``traceparent``)
+    to the first value sent under that name; no other header is kept for the socket's
+    life (the bearer token travels in the subprotocols, read once at the handshake)."""
 
     __slots__ = ("_receive", "_send", "accepted", "headers", "scope")
 
