@@ -134,12 +134,12 @@ class WorkerHeader:
         self.app = app
         self.ws_app = ws_app  # WebSockets go straight here; it adds the header on accept
         self.value = str(os.getpid()).encode()
-        self.ws_header = (WORKER_HEADER, self.value)
+        self.header = (WORKER_HEADER, self.value)
 
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
         if scope["type"] == "websocket" and self.ws_app is not None:
             # no frame of ours for the socket's life: its answer adds the header itself
-            scope[WORKER_HEADER_KEY] = self.ws_header
+            scope[WORKER_HEADER_KEY] = self.header
             return self.ws_app(scope, receive, send)
         if scope["type"] not in ("http", "websocket"):
             return self.app(scope, receive, send)
@@ -154,7 +154,7 @@ class WorkerHeader:
                 "websocket.http.response.start",
             ):
                 headers = list(message.get("headers") or [])
-                headers.append((WORKER_HEADER, self.value))
+                headers.append(self.header)
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -167,9 +167,10 @@ async def register() -> tuple[dict[str, Any], int]:
 async def guest() -> tuple[dict[str, Any], int]:
     svc = services()
     body = await parse_body(GuestBody, optional=True)
+    ip = client_ip()
     await _rate_limit(
         svc,
-        f"rl:signup:{client_ip()}",
+        f"rl:signup:{ip}",
         svc.settings.signups_per_ip_per_hour,
         3600,
         "sign-ups from this address",
@@ -180,7 +181,7 @@ async def guest() -> tuple[dict[str, Any], int]:
         refresh_hash=hash_refresh_token(refresh),
         ttl=_refresh_ttl(svc, UserKind.GUEST),
         user_agent=request.headers.get("User-Agent"),
-        ip=client_ip(),
+        ip=ip,
         trace_id=_trace(),
     )
     # sign-ups that arrive together share one transaction: a burst costs a few commits

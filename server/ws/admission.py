@@ -37,6 +37,7 @@ __all__ = [
     "PRESENCE_TTL",
     "SUBPROTOCOL",
     "admit",
+    "leave_presence",
     "presence_key",
     "presence_member",
 ]
@@ -97,8 +98,8 @@ async def _refuse_before_upgrade(
     except CacheError:
         allowed, retry = True, 0.0
     if not allowed:  # 429 with Retry-After, like every REST limit
-        if alive is not None:
-            await _leave(svc, join)
+        if join is not None and alive is not None:
+            await leave_presence(svc, *join)
         session_log.refused(status=429, reason="RATE_LIMITED")
         raise ApiError(
             "RATE_LIMITED",
@@ -141,13 +142,11 @@ async def _over_user_cap(
         return hub.count_for_user(user_id) >= cfg.max_connections_per_user
 
 
-async def _leave(svc: Services, join: tuple[str, str] | None) -> None:
-    """Take a refused socket out of its user's count (shielded: it runs on the way out of
-    a cancelled handshake too; unreachable, the entry expires by itself)."""
-    if join is None:
-        return
+async def leave_presence(svc: Services, key: str, member: str) -> None:
+    """Take a socket out of its user's count now (shielded: it runs on the way out of a
+    cancelled handshake or connection too; unreachable, the entry expires by itself)."""
     with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(CacheError):
-        await svc.cache.presence_remove(*join)
+        await svc.cache.presence_remove(key, member)
 
 
 async def _close(
@@ -187,23 +186,21 @@ async def admit(svc: Services, websocket: WebSocket, hub: Hub, cfg: WsConfig) ->
     cached, alive = await _refuse_before_upgrade(
         svc, websocket, deny_key(claims.sid) if claims else None, join
     )
+    admitted: Connection | None = None
     try:
         conn = await _after_upgrade(
             svc, websocket, hub, cfg, conn_id, token, claims, refusal, cached
         )
-        if conn is not None:
-            if await _over_user_cap(svc, hub, cfg, conn.user_id, conn_id, alive):
-                code = CloseCode.TOO_MANY_CONNECTIONS
-                await _close(svc, websocket, code, close_reason(code), "user_limit")
-                return None
-            return conn
-    except BaseException:
-        if alive is not None:
-            await _leave(svc, join)
-        raise
-    if alive is not None:
-        await _leave(svc, join)
-    return None
+        if conn is not None and await _over_user_cap(svc, hub, cfg, conn.user_id, conn_id, alive):
+            alive = None  # over the cap: it took the socket out itself
+            code = CloseCode.TOO_MANY_CONNECTIONS
+            await _close(svc, websocket, code, close_reason(code), "user_limit")
+        elif conn is not None:
+            admitted = conn
+        return admitted
+    finally:
+        if admitted is None and join is not None and alive is not None:  # refused, or failed
+            await leave_presence(svc, *join)
 
 
 async def _after_upgrade(

@@ -28,7 +28,13 @@ from server.logging import get_logger
 from server.services import Services
 from server.turns import TurnManager
 from server.ws import session_log
-from server.ws.admission import PRESENCE_TTL, admit, presence_key, presence_member
+from server.ws.admission import (
+    PRESENCE_TTL,
+    admit,
+    leave_presence,
+    presence_key,
+    presence_member,
+)
 from server.ws.asgi import Disconnected, WebSocket
 from server.ws.dispatch import Dispatcher
 from server.ws.hub import Hub
@@ -80,11 +86,7 @@ async def handle_websocket(
         turns.detach(conn.outbox)
         conn.outbox.close()
         svc.metrics.ws_connections.dec()
-        # shielded: the connection's scope may be cancelled; unreachable, it expires itself
-        with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(CacheError):
-            await svc.cache.presence_remove(
-                presence_key(conn.user_id), presence_member(svc, conn.id)
-            )
+        await leave_presence(svc, presence_key(conn.user_id), presence_member(svc, conn.id))
         session_log.ended(conn, started)
 
 

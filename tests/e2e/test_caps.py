@@ -10,7 +10,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from server.ws.admission import presence_key
 from server.ws.connection import WsConfig
 from tests.support.live import LiveServer
-from tests.support.wsclient import Rest, connect
+from tests.support.wsclient import Rest, connect, expect_close
 
 LIVE_WS_CONFIG = WsConfig(max_connections=2)
 # slow answers, so three turns are still streaming when the fourth is sent
@@ -80,11 +80,8 @@ async def test_three_turns_per_user_at_once(live: LiveServer) -> None:
 
 
 async def _closed_with(live: LiveServer, token: str) -> int:
-    async with open_websocket_url(live.ws_url, subprotocols=["chat.v1", f"bearer.{token}"]) as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            with trio.fail_after(5):
-                await ws.get_message()
-    return closed.value.reason.code
+    code, _ = await expect_close(live.ws_url, ["chat.v1", f"bearer.{token}"])
+    return code
 
 
 async def test_refused_handshakes_leave_the_users_socket_count_as_it_was(

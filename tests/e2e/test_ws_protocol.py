@@ -13,7 +13,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 
 from server.ws.connection import WsConfig
 from tests.support.live import LiveServer
-from tests.support.wsclient import Rest, connect
+from tests.support.wsclient import Rest, connect, expect_close
 
 LIVE_WS_CONFIG = WsConfig(ping_interval=0.5, pong_timeout=1.0, max_connections_per_user=3)
 LIVE_SETTINGS = {"chat_sends_per_user_per_minute": 5}
@@ -23,15 +23,6 @@ async def account(live: LiveServer) -> tuple[Rest, dict, str]:
     rest = Rest(live.http_url)
     reg = await rest.register()
     return rest, reg, reg["accessToken"]
-
-
-async def expect_close(live: LiveServer, subprotocols: list[str]) -> tuple[int, str | None]:
-    async with open_websocket_url(live.ws_url, subprotocols=subprotocols) as ws:
-        assert ws.subprotocol == "chat.v1"  # accepted first, so the browser sees the code
-        with pytest.raises(ConnectionClosed) as closed:
-            with trio.fail_after(5):
-                await ws.get_message()
-    return closed.value.reason.code, closed.value.reason.reason
 
 
 async def test_subprotocol_negotiation(live: LiveServer) -> None:
@@ -51,14 +42,17 @@ async def test_subprotocol_negotiation(live: LiveServer) -> None:
 
 
 async def test_bad_and_expired_tokens_close_after_accept(live: LiveServer) -> None:
-    assert await expect_close(live, ["chat.v1"]) == (4500, "AUTH_INVALID")
-    assert await expect_close(live, ["chat.v1", "bearer.garbage"]) == (4500, "AUTH_INVALID")
+    assert await expect_close(live.ws_url, ["chat.v1"]) == (4500, "AUTH_INVALID")
+    assert await expect_close(live.ws_url, ["chat.v1", "bearer.garbage"]) == (4500, "AUTH_INVALID")
     _, reg, _ = await account(live)
     assert live.svc is not None
     expired, _ = live.svc.keyring.issue(
         user_id=reg["user"]["id"], session_id="s", kind="registered", role="user", now=1_000_000
     )
-    assert await expect_close(live, ["chat.v1", f"bearer.{expired}"]) == (4001, "AUTH_EXPIRED")
+    assert await expect_close(live.ws_url, ["chat.v1", f"bearer.{expired}"]) == (
+        4001,
+        "AUTH_EXPIRED",
+    )
 
 
 async def test_origin_allow_list(live: LiveServer) -> None:

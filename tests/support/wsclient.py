@@ -10,12 +10,13 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from protocol.codec import validate_server_frame
 
-__all__ = ["Rest", "TurnResult", "WsClient", "connect"]
+__all__ = ["Rest", "TurnResult", "WsClient", "connect", "expect_close"]
 
 
 class Rest:
@@ -168,3 +169,14 @@ async def connect(
             hello = await client.recv()
             assert hello["type"] == "session.ready", hello
         yield client
+
+
+async def expect_close(ws_url: str, subprotocols: list[str]) -> tuple[int, str | None]:
+    """Open a socket that the server accepts and then closes before any frame: its close
+    code and reason."""
+    async with open_websocket_url(ws_url, subprotocols=subprotocols) as ws:
+        assert ws.subprotocol == "chat.v1"  # accepted first, so the browser sees the code
+        with pytest.raises(ConnectionClosed) as closed:
+            with trio.fail_after(5):
+                await ws.get_message()
+    return closed.value.reason.code, closed.value.reason.reason
