@@ -1,10 +1,12 @@
-"""Compare the two ways of talking to Redis from trio code.
+"""Compare three ways of talking to Redis from trio code.
 
 (a) "sync-threads": redis-py's synchronous client, each call run through
     ``trio.to_thread.run_sync(..., limiter=CapacityLimiter(pool_size))``;
     pub/sub on a dedicated thread handing messages to trio.
 (b) "asyncio-trio-asyncio": ``redis.asyncio`` driven from trio through
     ``trio_asyncio.open_loop()`` + ``aio_as_trio``.
+(c) "trio-native": ``store.cache.resp.CommandPool``, commands on trio sockets with
+    hiredis, no thread (Parley's command path since step 16; pub/sub stays on (a)).
 
 Measured for each: sequential SET+GET ops/s, concurrent ops/s with N trio
 tasks, pipelined batches of 20 SETs per round trip, and publish->receive
@@ -39,6 +41,8 @@ import redis
 import redis.asyncio as aioredis
 import trio
 import trio_asyncio
+
+from store.cache.resp import CommandPool
 
 RESULTS = Path(__file__).resolve().parent / "results" / "redis_clients.json"
 PHASE_DEADLINE_S = 120.0
@@ -101,8 +105,10 @@ async def bench_sync_threads(
                 await call(client.get, f"{p}seq:{i % 100}")
             return n * 2
 
+        cpu0 = time.process_time()
         n, dt_s = await _timed(sequential)
         out["sequential_ops_per_s"] = round(n / dt_s, 1)
+        out["sequential_cpu_us_per_op"] = round((time.process_time() - cpu0) / n * 1e6, 1)
 
         # Concurrent: `concurrency` trio tasks sharing `ops` SET+GET ops.
         async def concurrent() -> int:
@@ -196,6 +202,70 @@ async def bench_sync_threads(
             await call(client.delete, *keys)
         await call(client.close)
         pool.disconnect()
+    return out
+
+
+# ---------------------------------------------------------------------------
+# (c) commands on trio sockets with hiredis (store/cache/resp.py, Parley since step 16)
+# ---------------------------------------------------------------------------
+
+
+async def bench_trio_native(
+    url: str, prefix: str, ops: int, concurrency: int, batch: int, pubsub_n: int
+) -> dict[str, Any]:
+    """Commands only: Parley's subscriptions stay on (a)'s reader thread."""
+    pool = CommandPool(url, max_connections=16, socket_timeout=2.0)
+    p = prefix + "native:"
+    out: dict[str, Any] = {}
+    try:
+        await pool.execute("PING")
+
+        async def sequential() -> int:
+            n = ops // 2
+            for i in range(n):
+                await pool.execute("SET", f"{p}seq:{i % 100}", b"v")
+                await pool.execute("GET", f"{p}seq:{i % 100}")
+            return n * 2
+
+        cpu0 = time.process_time()
+        n, dt_s = await _timed(sequential)
+        out["sequential_ops_per_s"] = round(n / dt_s, 1)
+        out["sequential_cpu_us_per_op"] = round((time.process_time() - cpu0) / n * 1e6, 1)
+
+        async def concurrent() -> int:
+            per_task = max(1, ops // (2 * concurrency))
+
+            async def worker(w: int) -> None:
+                for i in range(per_task):
+                    await pool.execute("SET", f"{p}con:{w}:{i % 10}", b"v")
+                    await pool.execute("GET", f"{p}con:{w}:{i % 10}")
+
+            async with trio.open_nursery() as nursery:
+                for w in range(concurrency):
+                    nursery.start_soon(worker, w)
+            return per_task * 2 * concurrency
+
+        n, dt_s = await _timed(concurrent)
+        out["concurrent_ops_per_s"] = round(n / dt_s, 1)
+        out["concurrency"] = concurrency
+
+        async def pipelined() -> int:
+            rounds = max(1, ops // batch)
+            for _ in range(rounds):
+                await pool.execute_many(
+                    [("SET", f"{p}pipe:{j}", b"v", "EX", 60) for j in range(batch)]
+                )
+            return rounds
+
+        rounds, dt_s = await _timed(pipelined)
+        out["pipeline_batch_size"] = batch
+        out["pipeline_round_trips_per_s"] = round(rounds / dt_s, 1)
+        out["pipeline_sets_per_s"] = round(rounds * batch / dt_s, 1)
+    finally:
+        keys = await pool.execute("KEYS", p + "*")
+        if keys:
+            await pool.execute("DEL", *keys)
+        await pool.aclose()
     return out
 
 
@@ -352,10 +422,15 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     pubsub_n = max(10, min(args.ops // 5, 2000))
     common = (args.url, prefix, args.ops, args.concurrency, args.batch, pubsub_n)
     results: dict[str, Any] = {}
-    order = ["sync_threads", "trio_asyncio"]
+    benches = {
+        "sync_threads": bench_sync_threads,
+        "trio_asyncio": bench_trio_asyncio,
+        "trio_native": bench_trio_native,
+    }
+    order = list(benches)
     for rep in range(args.repeat):
         for name in order if rep % 2 == 0 else list(reversed(order)):
-            fn = bench_sync_threads if name == "sync_threads" else bench_trio_asyncio
+            fn = benches[name]
             r = await fn(*common)
             results.setdefault(name, []).append(r)
             print(f"[{rep}] {name}: {json.dumps(r)}", file=sys.stderr)
@@ -390,6 +465,7 @@ def main() -> None:
     summary = {
         "sync_threads": _best(raw["sync_threads"]),
         "trio_asyncio": _best(raw["trio_asyncio"]),
+        "trio_native": _best(raw["trio_native"]),
         "sync_baseline_no_trio": raw["sync_baseline_no_trio"],
     }
     doc = {
@@ -404,7 +480,7 @@ def main() -> None:
             "pubsub_messages": raw["pubsub_messages"],
         },
         "summary_median": summary,
-        "runs": {"sync_threads": raw["sync_threads"], "trio_asyncio": raw["trio_asyncio"]},
+        "runs": {k: raw[k] for k in ("sync_threads", "trio_asyncio", "trio_native")},
         "notes": (
             "ops = Redis commands (SET and GET each count one). sequential = one trio task; "
             "concurrent = N trio tasks sharing one pool of N connections; pipeline = one "

@@ -18,6 +18,8 @@ Connect:
   ``thread_hop``         trio.to_thread.run_sync of a function that does nothing (what every
                          blocking driver call pays on top of its own work)
   ``redis_get_direct``   redis-py GET on this thread; ``redis_get_thread``: through a thread
+                         (how RedisCacheEngine ran every command until step 16)
+  ``redis_get_native``   RedisCacheEngine.get: trio sockets + hiredis (step 16)
   ``connect_cache_two``  the upgrade count + deny-list read, then the presence add: two
                          RedisCacheEngine calls (Parley until step 12)
   ``connect_cache_one``  both in one call (``hit_rate_and_join``, step 12)
@@ -42,6 +44,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import redis
 import trio
 
 HERE = Path(__file__).resolve().parent
@@ -129,7 +132,7 @@ async def _thread_hop(n: int) -> None:
 
 async def _redis(n: int, url: str, what: str, prefix: str) -> None:
     engine = RedisCacheEngine(url)
-    client = engine._client
+    client = redis.Redis.from_url(url)
     rl, deny, presence = f"{prefix}rl", f"{prefix}deny", f"{prefix}conns"
     try:
         for i in range(n):
@@ -137,6 +140,8 @@ async def _redis(n: int, url: str, what: str, prefix: str) -> None:
                 client.get(deny)
             elif what == "get_thread":
                 await trio.to_thread.run_sync(client.get, deny)
+            elif what == "get_native":
+                await engine.get(deny)
             elif what == "two":
                 await engine.hit_rate_and_get(rl, 10**9, 3600, [deny])
                 await engine.presence_add(presence, [f"i|{i % 10}"], 60, alive_prefix=prefix)
@@ -147,6 +152,7 @@ async def _redis(n: int, url: str, what: str, prefix: str) -> None:
     finally:
         await engine.delete(rl, deny, presence)
         await engine.aclose()
+        client.close()
 
 
 def _run_redis(n: int, *, url: str, what: str, prefix: str) -> None:
@@ -182,7 +188,7 @@ def main() -> int:
     }
     if not args.no_redis:
         prefix = f"bench:setup:{uuid.uuid4().hex[:8]}:"
-        for what in ("get_direct", "get_thread", "two", "one"):
+        for what in ("get_direct", "get_thread", "get_native", "two", "one"):
             name = {"two": "connect_cache_two", "one": "connect_cache_one"}.get(
                 what, f"redis_{what}"
             )

@@ -1,23 +1,22 @@
-"""Redis cache/broker: redis-py's sync client, called through trio worker threads.
+"""Redis cache/broker: commands on the event loop (``resp.py``), pub/sub in threads.
 
 Over 400 lines: one engine per file, method for method beside ``memory.py`` and the
 ``base.py`` interface, so the two implementations can be read side by side.
 
-Chosen over ``redis.asyncio`` + trio-asyncio after measuring both
-(``benchmarks/redis_clients.py``, ``docs/notes/cache-choice.md``): the
-threaded client was faster sequentially, for pipelines and for pub/sub
-latency, and needs no asyncio loop around the application.
+Commands go through :class:`store.cache.resp.CommandPool`: trio sockets, hiredis,
+a pool of kept connections, no thread (``benchmarks/setup_stages.py``: a GET 150 µs of
+CPU through a worker thread and redis-py, ~40 on the event loop). Pub/sub stays on
+redis-py's sync client in a thread per subscription, which measured best for it
+(``benchmarks/redis_clients.py``, ``docs/notes/cache-choice.md``).
 
-* Every command runs in ``trio.to_thread.run_sync`` behind a
-  ``CapacityLimiter`` sized to the connection pool, so a thread always finds a
-  free connection.
-* Connection and read timeouts (``socket_connect_timeout``/``socket_timeout``,
-  default 1.5 s) bound every call; redis-py's own retries are off so a dead
-  server fails fast. ``redis.ConnectionError``/``TimeoutError`` become
-  :class:`CacheUnavailable`, other Redis errors :class:`CacheError`.
-  Cancelling a caller waits for its in-flight command (bounded by the socket
-  timeout) so a connection is never abandoned mid-reply.
-* Each subscription owns a connection (from a separate pool) and a daemon
+* Every command is bounded by ``socket_timeout`` (a new connection by
+  ``socket_connect_timeout``; default 1.5 s); nothing is retried, so a dead server fails
+  fast. A refused, reset, stalled or closed connection raises :class:`CacheUnavailable`,
+  a Redis error reply :class:`CacheError`. A caller cancelled mid-command closes that
+  connection (its reply is never mistaken for another's).
+* Lua scripts are called by SHA1 and sent again by source when the server has not
+  cached them (a restart, ``SCRIPT FLUSH``); multi-command writes are ``MULTI``/``EXEC``.
+* Each subscription owns a connection (from redis-py's pool) and a daemon
   thread blocked in ``PubSub.get_message(timeout=poll_interval)``; messages go
   to trio through ``trio.from_thread.run_sync`` into the subscription's
   bounded buffer. Leaving the ``subscribe`` block stops the thread (within
@@ -27,12 +26,13 @@ latency, and needs no asyncio loop around the application.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, cast
 
 import redis
 import redis.client
@@ -56,11 +56,9 @@ from store.cache.base import (
     to_bytes,
     ttl_ms,
 )
+from store.cache.resp import Arg, Command, CommandPool, RedisUnavailable, ReplyError
 
 __all__ = ["RedisCacheEngine"]
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -109,28 +107,38 @@ def _decode_channel(raw: bytes | str) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
 
 
-def _queue_op(pipe: redis.client.Pipeline, op: PipelineOp) -> None:
+def _px(ttl: float | None) -> tuple[Arg, ...]:
+    return () if ttl is None else ("PX", ttl_ms(ttl))
+
+
+def _op_commands(op: PipelineOp) -> list[Command]:
     match op:
         case ("set", key, value, ttl):
-            pipe.set(key, value, px=None if ttl is None else ttl_ms(ttl))
+            return [("SET", key, value, *_px(ttl))]
         case ("rpush", key, values, ttl, max_len):
-            if values:
-                pipe.rpush(key, *values)
-                if max_len is not None:
-                    pipe.ltrim(key, -max_len, -1)
-                if ttl is not None:
-                    pipe.pexpire(key, ttl_ms(ttl))
+            return _rpush_commands(key, values, ttl, max_len) if values else []
         case ("expire", key, ttl):
-            pipe.pexpire(key, ttl_ms(ttl))
+            return [("PEXPIRE", key, ttl_ms(ttl))]
         case ("publish", channel, message):
-            pipe.publish(channel, message)
+            return [("PUBLISH", channel, message)]
         case ("delete", keys):
-            pipe.delete(*keys)
+            return [("DEL", *keys)] if keys else []
         case _:  # pragma: no cover - PipelineOp is closed
             raise AssertionError(op)
 
 
-def _presence_args(ttl: float, members: Sequence[str], alive_prefix: str | None) -> list[str | int]:
+def _rpush_commands(
+    key: str, values: Sequence[bytes], ttl: float | None, max_len: int | None
+) -> list[Command]:
+    commands: list[Command] = [("RPUSH", key, *values)]
+    if max_len is not None:
+        commands.append(("LTRIM", key, -max_len, -1))
+    if ttl is not None:
+        commands.append(("PEXPIRE", key, ttl_ms(ttl)))
+    return commands
+
+
+def _presence_args(ttl: float, members: Sequence[str], alive_prefix: str | None) -> list[Arg]:
     """The presence script's arguments: now, the members' expiry, the ttl (ms), the
     owners' heartbeat prefix, then the members."""
     checked = check_ttl(ttl)
@@ -141,35 +149,36 @@ def _presence_args(ttl: float, members: Sequence[str], alive_prefix: str | None)
     return [now_ms, now_ms + ms, ms, alive_prefix or "", *members]
 
 
+class _Script:
+    """A Lua script called by its SHA1 (``EVALSHA``); the engine sends its source
+    (``EVAL``, which also caches it) when the server answers NOSCRIPT."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Command:
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
 class _RedisPipeline(CachePipeline):
     def __init__(self, engine: RedisCacheEngine) -> None:
         super().__init__()
         self._engine = engine
 
     async def execute(self) -> None:
-        ops = self._take()
-        if not ops:
-            return
-        client = self._engine._client
-
-        def run() -> None:
-            pipe = client.pipeline(transaction=True)
-            for op in ops:
-                _queue_op(pipe, op)
-            if len(pipe):
-                pipe.execute()
-
-        await self._engine._call(run)
+        commands = [c for op in self._take() for c in _op_commands(op)]
+        if commands:
+            await self._engine._transaction(commands)
 
 
 class RedisCacheEngine(CacheEngine):
     """The cache/broker on Redis, for several Parley instances.
 
-    ``max_connections`` bounds both the command pool and the worker threads
-    used for commands; each active subscription uses one extra connection and
-    one extra thread. ``socket_timeout``/``socket_connect_timeout`` (seconds)
-    bound every call; ``poll_interval`` bounds how long leaving a
-    ``subscribe`` block waits for its thread.
+    ``max_connections`` bounds the commands in flight (one connection each); each active
+    subscription uses one extra connection and one thread. ``socket_timeout`` /
+    ``socket_connect_timeout`` (seconds) bound every call; ``poll_interval`` bounds how
+    long leaving a ``subscribe`` block waits for its thread.
     """
 
     def __init__(
@@ -187,88 +196,125 @@ class RedisCacheEngine(CacheEngine):
         connect_timeout = (
             socket_timeout if socket_connect_timeout is None else socket_connect_timeout
         )
-        common: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-            "socket_keepalive": True,
-            "health_check_interval": health_check_interval,
-            "retry": Retry(NoBackoff(), 0),
-        }
         self.url = url
-        self.socket_timeout = socket_timeout
-        self._pool = redis.ConnectionPool.from_url(url, max_connections=max_connections, **common)
-        self._client = redis.Redis(connection_pool=self._pool)
-        # Subscriptions hold their connection for their lifetime: separate pool.
-        self._pubsub_pool = redis.ConnectionPool.from_url(url, **common)
+        self._pool = CommandPool(
+            url,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
+        self.socket_timeout = self._pool.socket_timeout
+        # Subscriptions hold a connection each for their lifetime, read by a thread.
+        self._pubsub_pool = redis.ConnectionPool.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            socket_keepalive=True,
+            health_check_interval=health_check_interval,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._pubsub_client = redis.Redis(connection_pool=self._pubsub_pool)
-        self._limiter = trio.CapacityLimiter(max_connections)
-        self._incr_window = self._client.register_script(_INCR_WINDOW)
-        self._presence_add = self._client.register_script(_PRESENCE_ADD)
+        self._scripts: dict[str, str] = {}
+        self._incr_window = self._script(_INCR_WINDOW)
+        self._presence_add = self._script(_PRESENCE_ADD)
         self._poll_interval = poll_interval
         self._active: dict[threading.Event, Subscription] = {}
         self._closed = False
 
     # -- plumbing ----------------------------------------------------------
 
-    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    def _script(self, source: str) -> _Script:
+        script = _Script(source)
+        self._scripts[script.sha] = source
+        return script
+
+    def _as_eval(self, command: Command) -> Command:
+        return ("EVAL", self._scripts[str(command[1])], *command[2:])
+
+    async def _send(self, commands: Sequence[Command]) -> list[Any]:
+        """One round trip; scripts the server had not cached run again by their source;
+        error replies stay in place."""
         if self._closed:
             raise CacheUnavailable("redis cache engine is closed")
         try:
-            return await trio.to_thread.run_sync(
-                functools.partial(fn, *args, **kwargs), limiter=self._limiter
-            )
-        except redis.exceptions.RedisError as exc:
-            raise _wrap(exc) from exc
-        except OSError as exc:
-            raise _wrap(exc) from exc
+            replies = await self._pool.execute_many(commands)
+            missing = [
+                i
+                for i, reply in enumerate(replies)
+                if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
+            ]
+            if missing:
+                again = [self._as_eval(commands[i]) for i in missing]
+                for i, reply in zip(missing, await self._pool.execute_many(again), strict=True):
+                    replies[i] = reply
+        except RedisUnavailable as exc:
+            raise CacheUnavailable(f"redis unavailable: {exc}") from exc
+        return replies
+
+    async def _run_many(self, commands: Sequence[Command]) -> list[Any]:
+        replies = await self._send(commands)
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise CacheError(str(reply))
+        return replies
+
+    async def _run(self, *command: Arg) -> Any:
+        (reply,) = await self._run_many((command,))
+        return reply
+
+    async def _transaction(self, commands: Sequence[Command]) -> list[Any]:
+        """MULTI … EXEC: the commands' replies, all applied or (an error) none."""
+        replies = await self._send([("MULTI",), *commands, ("EXEC",)])
+        results = replies[-1]
+        if isinstance(results, ReplyError):  # EXECABORT: a command was refused when queued
+            raise CacheError(str(next((r for r in replies if isinstance(r, ReplyError)), results)))
+        for reply in results:
+            if isinstance(reply, ReplyError):
+                raise CacheError(str(reply))
+        return list(results)
 
     # -- key/value ---------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._call(self._client.get, key)
+        value = await self._run("GET", key)
         return cast("bytes | None", value)
 
     async def set(self, key: str, value: Value, ttl: float | None = None) -> None:
         data, ttl = to_bytes(value), check_ttl(ttl)
-        await self._call(self._client.set, key, data, px=None if ttl is None else ttl_ms(ttl))
+        await self._run("SET", key, data, *_px(ttl))
 
     async def set_if_absent(self, key: str, value: Value, ttl: float | None = None) -> bool:
         data, ttl = to_bytes(value), check_ttl(ttl)
-        stored = await self._call(
-            self._client.set, key, data, nx=True, px=None if ttl is None else ttl_ms(ttl)
-        )
-        return bool(stored)
+        return await self._run("SET", key, data, "NX", *_px(ttl)) is not None
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         keys = list(keys)
         if not keys:
             return []
-        values = await self._call(self._client.mget, keys)
+        values = await self._run("MGET", *keys)
         return cast("list[bytes | None]", values)
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        n: int = await self._call(self._client.delete, *keys)
-        return n
+        return int(await self._run("DEL", *keys))
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         ttl = check_ttl(ttl)
         if ttl is None:
-            value: int = await self._call(self._client.incrby, key, int(amount))
-            return value
-        result = await self._call(self._incr_window, keys=[key], args=[int(amount), ttl_ms(ttl)])
+            return int(await self._run("INCRBY", key, int(amount)))
+        result = await self._run(*self._incr_window([key], [int(amount), ttl_ms(ttl)]))
         return int(result[0])
 
     async def ttl(self, key: str) -> float | None:
-        ms: int = await self._call(self._client.pttl, key)
+        ms = int(await self._run("PTTL", key))
         return None if ms < 0 else ms / 1000.0
 
     async def expire(self, key: str, ttl: float) -> bool:
         checked = check_ttl(ttl)
         if checked is None:
             raise ValueError("expire needs a ttl")
-        return bool(await self._call(self._client.pexpire, key, ttl_ms(checked)))
+        return bool(await self._run("PEXPIRE", key, ttl_ms(checked)))
 
     # -- lists -------------------------------------------------------------
 
@@ -283,23 +329,12 @@ class RedisCacheEngine(CacheEngine):
         encoded = [to_bytes(v) for v in _as_sequence(values)]
         ttl = check_ttl(ttl)
         if not encoded:
-            n: int = await self._call(self._client.llen, key)
-            return n
-
-        def run() -> int:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.rpush(key, *encoded)
-            if max_len is not None:
-                pipe.ltrim(key, -max_len, -1)
-            if ttl is not None:
-                pipe.pexpire(key, ttl_ms(ttl))
-            length = int(pipe.execute()[0])
-            return length if max_len is None else min(length, max_len)
-
-        return await self._call(run)
+            return int(await self._run("LLEN", key))
+        length = int((await self._transaction(_rpush_commands(key, encoded, ttl, max_len)))[0])
+        return length if max_len is None else min(length, max_len)
 
     async def lrange(self, key: str, start: int, stop: int) -> list[bytes]:
-        items = await self._call(self._client.lrange, key, start, stop)
+        items = await self._run("LRANGE", key, start, stop)
         return cast("list[bytes]", items)
 
     # -- presence ------------------------------------------------------------
@@ -308,11 +343,11 @@ class RedisCacheEngine(CacheEngine):
         self, key: str, members: Sequence[str], ttl: float, *, alive_prefix: str | None = None
     ) -> int:
         args = _presence_args(ttl, members, alive_prefix)
-        return int(await self._call(self._presence_add, keys=[key], args=args))
+        return int(await self._run(*self._presence_add([key], args)))
 
     async def presence_remove(self, key: str, *members: str) -> None:
         if members:
-            await self._call(self._client.zrem, key, *members)
+            await self._run("ZREM", key, *members)
 
     # -- limiter -----------------------------------------------------------
 
@@ -320,7 +355,7 @@ class RedisCacheEngine(CacheEngine):
         window = check_ttl(window_seconds)
         if window is None:
             raise ValueError("hit_rate needs a window")
-        count, pttl = await self._call(self._incr_window, keys=[key], args=[1, ttl_ms(window)])
+        count, pttl = await self._run(*self._incr_window([key], [1, ttl_ms(window)]))
         if int(count) <= limit:
             return True, 0.0
         return False, (int(pttl) / 1000.0 if int(pttl) >= 0 else window)
@@ -331,12 +366,10 @@ class RedisCacheEngine(CacheEngine):
         window = check_ttl(window_seconds)
         if window is None:
             raise ValueError("hit_rate needs a window")
-        count, pttl, values, _ = await self._call(
-            self._rate_and_mget, key, ttl_ms(window), list(keys)
-        )
-        if int(count) <= limit:
+        count, pttl, values, _ = await self._rate_and_mget(key, ttl_ms(window), list(keys))
+        if count <= limit:
             return True, 0.0, values
-        return False, (int(pttl) / 1000.0 if int(pttl) >= 0 else window), values
+        return False, (pttl / 1000.0 if pttl >= 0 else window), values
 
     async def hit_rate_and_join(
         self,
@@ -354,29 +387,27 @@ class RedisCacheEngine(CacheEngine):
         if window is None:
             raise ValueError("hit_rate needs a window")
         join = (presence, _presence_args(ttl, [member], alive_prefix))
-        count, pttl, values, alive = await self._call(
-            self._rate_and_mget, key, ttl_ms(window), list(keys), join
+        count, pttl, values, alive = await self._rate_and_mget(
+            key, ttl_ms(window), list(keys), join
         )
-        if int(count) <= limit:
-            return True, 0.0, values, int(alive)
-        return False, (int(pttl) / 1000.0 if int(pttl) >= 0 else window), values, int(alive)
+        if count <= limit:
+            return True, 0.0, values, alive
+        return False, (pttl / 1000.0 if pttl >= 0 else window), values, alive
 
-    def _rate_and_mget(
+    async def _rate_and_mget(
         self,
         key: str,
         window_ms: int,
         keys: list[str],
-        join: tuple[str, list[str | int]] | None = None,
+        join: tuple[str, list[Arg]] | None = None,
     ) -> tuple[int, int, list[bytes | None], int]:
-        """In a worker thread: the counting script, MGET and (``join``) the presence
-        script, pipelined (one round trip)."""
-        pipe = self._client.pipeline(transaction=False)
-        self._incr_window(keys=[key], args=[1, window_ms], client=pipe)
+        """The counting script, MGET and (``join``) the presence script: one round trip."""
+        commands: list[Command] = [self._incr_window([key], [1, window_ms])]
         if keys:
-            pipe.mget(keys)
+            commands.append(("MGET", *keys))
         if join is not None:
-            self._presence_add(keys=[join[0]], args=join[1], client=pipe)
-        replies = pipe.execute()
+            commands.append(self._presence_add([join[0]], join[1]))
+        replies = await self._run_many(commands)
         count, pttl = replies[0]
         values = list(replies[1]) if keys else []
         alive = int(replies[-1]) if join is not None else 0
@@ -390,7 +421,7 @@ class RedisCacheEngine(CacheEngine):
     # -- pub/sub -----------------------------------------------------------
 
     async def publish(self, channel: str, message: Value) -> None:
-        await self._call(self._client.publish, channel, to_bytes(message))
+        await self._run("PUBLISH", channel, to_bytes(message))
 
     def subscribe(
         self, *channels: str, buffer_size: int = DEFAULT_SUBSCRIPTION_BUFFER
@@ -501,7 +532,7 @@ class RedisCacheEngine(CacheEngine):
         if self._closed:
             return False
         try:
-            return bool(await self._call(self._client.ping))
+            return await self._run("PING") == b"PONG"
         except Exception:
             return False
 
@@ -513,10 +544,8 @@ class RedisCacheEngine(CacheEngine):
             stop.set()
             sub._fail(CacheUnavailable("redis cache engine is closed"))
 
-        def close() -> None:
-            self._client.close()
-            self._pool.disconnect()
-            self._pubsub_pool.disconnect(inuse_connections=False)
-
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(close)
+            await self._pool.aclose()
+            await trio.to_thread.run_sync(
+                functools.partial(self._pubsub_pool.disconnect, inuse_connections=False)
+            )

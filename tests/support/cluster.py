@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 import httpx
 import redis
@@ -250,12 +250,23 @@ class Cluster:
 class RedisServer:
     """A test-owned ``redis-server`` on its own port (nothing saved); restartable there."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        args: Iterable[str] = (),
+        client: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``args``: more of ``redis-server``'s options (a password, TLS); ``client``:
+        what :meth:`ping`'s redis-py client then needs to get in (password, ssl, ...)."""
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (make test installs it)"
         self.binary = binary
         self.port = port or free_port()
         self.workdir = workdir
+        self.args = list(args)
+        self.client: dict[str, Any] = dict(client or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -275,6 +286,7 @@ class RedisServer:
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
                 *("--save", "", "--appendonly", "no", "--daemonize", "no"),
                 *("--dir", str(self.workdir)),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -286,7 +298,9 @@ class RedisServer:
             time.sleep(0.02)
 
     def ping(self) -> bool:
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis.Redis(
+            port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5, **self.client
+        )
         try:
             return bool(client.ping())
         except redis.RedisError:
