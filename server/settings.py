@@ -162,8 +162,12 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, v: str) -> str:
-        if v and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be empty or a redis:// URL")
+        if v and not v.startswith(("redis://", "rediss://")):
+            raise ValueError("must be empty, a redis:// or a rediss:// URL")
+        if v:
+            from store.cache.resp import pool_options
+
+            pool_options(v)  # its options: a ValueError names the one it does not serve
         return v
 
     @field_validator("jobs_schedule")

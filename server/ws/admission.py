@@ -183,11 +183,12 @@ async def admit(svc: Services, websocket: WebSocket, hub: Hub, cfg: WsConfig) ->
     join = None
     if claims is not None:
         join = (presence_key(claims.sub), presence_member(svc, conn_id))
-    cached, alive = await _refuse_before_upgrade(
-        svc, websocket, deny_key(claims.sid) if claims else None, join
-    )
     admitted: Connection | None = None
+    alive: int | None = None
     try:
+        cached, alive = await _refuse_before_upgrade(
+            svc, websocket, deny_key(claims.sid) if claims else None, join
+        )
         conn = await _after_upgrade(
             svc, websocket, hub, cfg, conn_id, token, claims, refusal, cached
         )

@@ -12,8 +12,10 @@ redis-py's sync client in a thread per subscription, which measured best for it
 * Every command is bounded by ``socket_timeout`` (a new connection by
   ``socket_connect_timeout``; default 1.5 s); nothing is retried, so a dead server fails
   fast. A refused, reset, stalled or closed connection raises :class:`CacheUnavailable`,
-  a Redis error reply :class:`CacheError`. A caller cancelled mid-command closes that
-  connection (its reply is never mistaken for another's).
+  a Redis error reply :class:`CacheError` (those that say the server cannot serve now,
+  ``LOADING``, ``NOAUTH`` and the like, :class:`CacheUnavailable`). A command sent is
+  answered even to a caller cancelled meanwhile (the cancellation comes at its next
+  checkpoint), as the threads did: a caller always learns what Redis did.
 * Lua scripts are called by SHA1 and sent again by source when the server has not
   cached them (a restart, ``SCRIPT FLUSH``); multi-command writes are ``MULTI``/``EXEC``.
 * Each subscription owns a connection (from redis-py's pool) and a daemon
@@ -101,6 +103,26 @@ def _wrap(exc: Exception) -> CacheError:
     if isinstance(exc, _UNAVAILABLE):
         return CacheUnavailable(f"redis unavailable: {exc}")
     return CacheError(str(exc))
+
+
+# Error replies that mean the server cannot serve anyone now (redis-py raised these as
+# connection errors): still loading its data, a password wanted or wrong, no room for
+# another client. The rest (WRONGTYPE, a script's error, ...) are the caller's.
+_UNAVAILABLE_REPLIES = (
+    "LOADING",
+    "NOAUTH",
+    "WRONGPASS",
+    "ERR invalid password",
+    "ERR max number of clients",
+    "MASTERDOWN",
+)
+
+
+def _reply_error(reply: ReplyError) -> CacheError:
+    text = str(reply)
+    if text.startswith(_UNAVAILABLE_REPLIES):
+        return CacheUnavailable(f"redis unavailable: {text}")
+    return CacheError(text)
 
 
 def _decode_channel(raw: bytes | str) -> str:
@@ -255,7 +277,7 @@ class RedisCacheEngine(CacheEngine):
         replies = await self._send(commands)
         for reply in replies:
             if isinstance(reply, ReplyError):
-                raise CacheError(str(reply))
+                raise _reply_error(reply)
         return replies
 
     async def _run(self, *command: Arg) -> Any:
@@ -267,10 +289,10 @@ class RedisCacheEngine(CacheEngine):
         replies = await self._send([("MULTI",), *commands, ("EXEC",)])
         results = replies[-1]
         if isinstance(results, ReplyError):  # EXECABORT: a command was refused when queued
-            raise CacheError(str(next((r for r in replies if isinstance(r, ReplyError)), results)))
+            raise _reply_error(next(r for r in replies if isinstance(r, ReplyError)))
         for reply in results:
             if isinstance(reply, ReplyError):
-                raise CacheError(str(reply))
+                raise _reply_error(reply)
         return list(results)
 
     # -- key/value ---------------------------------------------------------

@@ -15,8 +15,10 @@ own C parser, sans-I/O: ``feed`` bytes, ``gets`` replies) does the protocol.
   (the server closed it, or sent something unasked) is dropped at checkout and a new one
   made, so a restarted server costs nobody an error.
 * Every batch is bounded by ``socket_timeout`` and a new connection by ``connect_timeout``
-  (:class:`RedisUnavailable` when they run out). A batch that fails or is cancelled half
-  way closes its connection: its replies, if they ever come, are read by nobody.
+  (:class:`RedisUnavailable` when they run out). Once a batch is sent, its replies are
+  read even if the caller is cancelled meanwhile (within the same timeout), so a caller
+  always learns what Redis did; a batch that fails, or is cancelled before it is sent,
+  closes its connection: nothing half-read is ever handed to the next caller.
 * ``redis://`` and ``rediss://`` (TLS through ``trio.SSLStream``; ``ssl_cert_reqs``,
   ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_check_hostname`` from the
   URL's query, as redis-py reads them), user name, password and database from the URL.
@@ -24,6 +26,7 @@ own C parser, sans-I/O: ``feed`` bytes, ``gets`` replies) does the protocol.
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 from collections.abc import Sequence
@@ -79,18 +82,28 @@ def pool_options(url: str) -> dict[str, Any]:
     unknown = sorted(set(opts) - known)
     if unknown:
         raise ValueError(f"unsupported Redis URL option(s): {', '.join(unknown)}")
+    for name in _TIMEOUTS:
+        if name in opts and not (math.isfinite(opts[name]) and opts[name] > 0):
+            raise ValueError(f"{name} must be a number of seconds above 0")
     context: ssl.SSLContext | None = None
     if tls:
-        context = ssl.create_default_context(cafile=opts.pop("ssl_ca_certs", None))
-        reqs = str(opts.pop("ssl_cert_reqs", "required")).lower()
+        # read as redis-py reads them (its subscriptions use the same URL): case and all
+        reqs = str(opts.pop("ssl_cert_reqs", "required"))
         if reqs not in _CERT_REQS:
             raise ValueError(f"ssl_cert_reqs must be one of {sorted(_CERT_REQS)}")
+        try:  # a missing or unreadable file: a clear error at start, not at first use
+            context = ssl.create_default_context()  # the system's CAs, and the URL's
+            cafile = opts.pop("ssl_ca_certs", None)
+            if cafile:
+                context.load_verify_locations(cafile)
+            certfile = opts.pop("ssl_certfile", None)
+            if certfile:
+                context.load_cert_chain(certfile, opts.pop("ssl_keyfile", None))
+        except OSError as exc:  # ssl.SSLError is one too
+            raise ValueError(f"the rediss:// URL's certificate files: {exc}") from exc
         check = _flag(opts.pop("ssl_check_hostname", True))
         context.check_hostname = check and _CERT_REQS[reqs] != ssl.CERT_NONE
         context.verify_mode = _CERT_REQS[reqs]
-        certfile = opts.pop("ssl_certfile", None)
-        if certfile:
-            context.load_cert_chain(certfile, opts.pop("ssl_keyfile", None))
     elif any(k in opts for k in _SSL_OPTIONS):
         raise ValueError("ssl_* options need a rediss:// URL")
     return {
@@ -118,6 +131,9 @@ class _Connection:
 
     async def roundtrip(self, payload: bytes, n: int) -> list[Any]:
         await self.stream.send_all(payload)
+        return await self.read(n)
+
+    async def read(self, n: int) -> list[Any]:
         replies: list[Any] = []
         reader = self.reader
         while True:
@@ -156,9 +172,11 @@ class CommandPool:
         )
         self._ssl: ssl.SSLContext | None = opts["ssl"]
         self._hello: list[Command] = []
-        if opts["password"] is not None:
-            user, password = opts["username"], opts["password"]
-            self._hello.append(("AUTH", password) if user is None else ("AUTH", user, password))
+        user, password = opts["username"], opts["password"]
+        if user is not None:  # an ACL user, with or without a password (as redis-py sends it)
+            self._hello.append(("AUTH", user, password or ""))
+        elif password is not None:
+            self._hello.append(("AUTH", password))
         if opts["db"]:
             self._hello.append(("SELECT", opts["db"]))
         self._slots = trio.Semaphore(max_connections)
@@ -175,15 +193,25 @@ class CommandPool:
         return reply
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
-        """Commands in one round trip; one reply each, error replies in place."""
-        if self._closed:
-            raise RedisUnavailable("the Redis client is closed")
+        """Commands in one round trip; one reply each, error replies in place.
+
+        Once the batch is sent, its replies are read even if the caller is cancelled
+        meanwhile (shielded, within the same timeout): what Redis did is returned, and
+        the cancellation reaches the caller at its next checkpoint. A caller that cleans
+        up after a write (a presence entry) thus always learns the write happened."""
+        if not commands:
+            return []
         payload = _pack(commands)
         async with self._slots:
+            if self._closed:
+                raise RedisUnavailable("the Redis client is closed")
             conn = await self._checkout()
+            deadline = trio.current_time() + self.socket_timeout
             try:
-                with trio.fail_after(self.socket_timeout):
-                    replies = await conn.roundtrip(payload, len(commands))
+                with trio.fail_at(deadline):
+                    await conn.stream.send_all(payload)
+                with trio.CancelScope(shield=True), trio.fail_at(deadline):
+                    replies = await conn.read(len(commands))
             except BaseException as exc:
                 await trio.aclose_forcefully(conn.stream)
                 _reraise(exc, "command")

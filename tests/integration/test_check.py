@@ -140,6 +140,20 @@ def test_redis_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_url:
     assert code == 1 and lines["redis"].startswith("FAIL cannot reach redis://127.0.0.1:")
 
 
+def test_redis_url_option_the_server_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    setenv(
+        monkeypatch,
+        tmp_path,
+        database_url=sqlite_url,
+        redis_url="redis://127.0.0.1:6379/0?decode_responses=true",
+    )
+    code, lines = run()
+    assert code == 1 and lines["settings"].startswith("FAIL")
+    assert "unsupported Redis URL option(s): decode_responses" in lines["settings"]
+
+
 @pytest.fixture
 def evicting_redis(tmp_path: Path) -> Iterator[str]:
     """A Redis of our own (never the shared one) with a policy that evicts TTL keys."""

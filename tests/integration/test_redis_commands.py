@@ -13,7 +13,7 @@ import functools
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 import redis
 import trio
 
-from store.cache import CacheUnavailable, RedisCacheEngine
+from store.cache import CacheError, CacheUnavailable, RedisCacheEngine
 from store.cache.resp import CommandPool, RedisUnavailable, ReplyError, pool_options
 from tests.support.cluster import RedisServer
 
@@ -93,8 +93,39 @@ async def test_many_callers_share_few_connections_without_crossed_replies(
     assert len(shared_pool._idle) <= 4  # max_connections: never more opened at once
 
 
-async def test_a_caller_cancelled_mid_command_closes_its_connection() -> None:
-    """The reply of a cancelled command must never be read as the next caller's."""
+async def _fake_redis(
+    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]
+) -> str:
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return f"redis://127.0.0.1:{listeners[0].socket.getsockname()[1]}/0"
+
+
+async def test_a_command_sent_is_answered_to_a_caller_cancelled_meanwhile() -> None:
+    """What Redis did reaches the caller (a presence entry it must undo, say); the
+    cancellation comes at its next checkpoint, and the connection stays good."""
+    conns: list[trio.SocketStream] = []
+
+    async def slow(stream: trio.SocketStream) -> None:
+        conns.append(stream)
+        while await stream.receive_some(65536):
+            await trio.sleep(0.3)
+            await stream.send_all(b":7\r\n")
+
+    async with trio.open_nursery() as nursery:
+        pool = CommandPool(await _fake_redis(nursery, slow), socket_timeout=5.0)
+        got: list[object] = []
+        with trio.move_on_after(0.1) as scope:
+            got.append(await pool.execute("INCR", "k"))
+            await trio.sleep(5)  # the cancellation lands here
+        assert scope.cancelled_caught and got == [7]
+        assert await pool.execute("INCR", "k") == 7
+        assert len(conns) == 1  # the same connection served both
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_cut_half_way_closes_its_connection() -> None:
+    """A reply that never comes (timeout): that connection is closed, never handed on."""
     conns: list[trio.SocketStream] = []
     answered, first_closed = trio.Event(), trio.Event()
 
@@ -111,14 +142,9 @@ async def test_a_caller_cancelled_mid_command_closes_its_connection() -> None:
             first_closed.set()  # end of stream: the client closed it
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, server, 0, host="127.0.0.1")
-        )
-        port = listeners[0].socket.getsockname()[1]
-        pool = CommandPool(f"redis://127.0.0.1:{port}/0", socket_timeout=5.0)
-        with trio.move_on_after(0.2) as scope:
+        pool = CommandPool(await _fake_redis(nursery, server), socket_timeout=0.2)
+        with trio.fail_after(5), pytest.raises(RedisUnavailable, match="timed out"):
             await pool.execute("GET", "k")
-        assert scope.cancelled_caught
         assert pool._idle == []  # not kept for the next caller
         assert await pool.execute("GET", "k") == b"fresh"
         assert len(conns) == 2 and answered.is_set()
@@ -128,16 +154,62 @@ async def test_a_caller_cancelled_mid_command_closes_its_connection() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_replies_that_mean_the_server_cannot_serve_are_unavailable() -> None:
+    answers = iter([b"-LOADING Redis is loading the dataset in memory\r\n", b"-NOAUTH x\r\n"])
+
+    async def server(stream: trio.SocketStream) -> None:
+        while await stream.receive_some(65536):
+            await stream.send_all(next(answers, b"-WRONGTYPE Operation against a key\r\n"))
+
+    async with trio.open_nursery() as nursery:
+        engine = RedisCacheEngine(await _fake_redis(nursery, server), socket_timeout=2.0)
+        for _ in range(2):
+            with pytest.raises(CacheUnavailable):
+                await engine.get("k")
+        with pytest.raises(CacheError, match="WRONGTYPE") as err:
+            await engine.get("k")
+        assert not isinstance(err.value, CacheUnavailable)  # the caller's mistake
+        await engine.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_callers_waiting_for_a_connection_when_the_pool_closes_are_refused() -> None:
+    release = trio.Event()
+
+    async def server(stream: trio.SocketStream) -> None:
+        while await stream.receive_some(65536):
+            await release.wait()
+            await stream.send_all(b"+PONG\r\n")
+
+    async with trio.open_nursery() as nursery:
+        pool = CommandPool(await _fake_redis(nursery, server), max_connections=1)
+        outcomes: list[object] = []
+
+        async def call() -> None:
+            try:
+                outcomes.append(await pool.execute("PING"))
+            except RedisUnavailable as exc:
+                outcomes.append(exc)
+
+        async with trio.open_nursery() as callers:
+            callers.start_soon(call)
+            await trio.sleep(0.05)  # the first holds the one connection
+            callers.start_soon(call)
+            await trio.sleep(0.05)  # the second waits for it
+            await pool.aclose()
+            release.set()
+        assert outcomes[0] == b"PONG"
+        assert isinstance(outcomes[1], RedisUnavailable) and "closed" in str(outcomes[1])
+        assert await pool.execute_many([]) == []  # nothing to send: no connection needed
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_stalled_server_times_out_and_the_connection_is_dropped() -> None:
     async def silent(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1")
-        )
-        port = listeners[0].socket.getsockname()[1]
-        pool = CommandPool(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2)
+        pool = CommandPool(await _fake_redis(nursery, silent), socket_timeout=0.2)
         with trio.fail_after(5), pytest.raises(RedisUnavailable, match="timed out"):
             await pool.execute("PING")
         assert pool._idle == []
@@ -151,11 +223,7 @@ async def test_a_server_that_is_not_redis_is_unavailable() -> None:
         await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, http, 0, host="127.0.0.1")
-        )
-        port = listeners[0].socket.getsockname()[1]
-        engine = RedisCacheEngine(f"redis://127.0.0.1:{port}/0", socket_timeout=1.0)
+        engine = RedisCacheEngine(await _fake_redis(nursery, http), socket_timeout=1.0)
         with trio.fail_after(5), pytest.raises(CacheUnavailable):
             await engine.get("k")
         assert await engine.ping() is False
@@ -217,6 +285,25 @@ async def test_password_and_database_number_from_the_url(tmp_path: Path) -> None
             assert await wrong.ping() is False
         finally:
             await wrong.aclose()
+
+
+async def test_an_acl_user_without_a_password(tmp_path: Path) -> None:
+    acl = ["--user", "default", "off", "--user", "app", "on", "nopass", "~*", "&*", "+@all"]
+    with RedisServer(tmp_path, args=acl, client={"username": "app"}) as srv:
+        engine = RedisCacheEngine(f"redis://app@127.0.0.1:{srv.port}/0", socket_timeout=2.0)
+        try:
+            await engine.set("k", b"as app")
+            with redis.Redis(port=srv.port, username="app") as admin:
+                assert admin.get("k") == b"as app"
+                assert admin.acl_whoami() == "app"
+        finally:
+            await engine.aclose()
+        anonymous = RedisCacheEngine(f"redis://127.0.0.1:{srv.port}/0", socket_timeout=2.0)
+        try:  # the default user is off: NOAUTH, the cache cannot be used
+            with pytest.raises(CacheUnavailable, match="NOAUTH"):
+                await anonymous.get("k")
+        finally:
+            await anonymous.aclose()
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
@@ -288,3 +375,11 @@ def test_url_options() -> None:
         pool_options("unix:///run/redis.sock")
     with pytest.raises(ValueError, match="ssl_cert_reqs"):
         pool_options("rediss://h/0?ssl_cert_reqs=maybe")
+    with pytest.raises(ValueError, match="ssl_cert_reqs"):
+        pool_options("rediss://h/0?ssl_cert_reqs=NONE")  # redis-py (subscriptions) refuses it
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(ValueError, match="socket_timeout must be"):
+            pool_options(f"redis://h/0?socket_timeout={bad}")
+    assert CommandPool("redis://app@h/0")._hello == [("AUTH", "app", "")]
+    assert CommandPool("redis://:pw@h/0")._hello == [("AUTH", "pw")]
+    assert CommandPool("redis://app:pw@h/5")._hello == [("AUTH", "app", "pw"), ("SELECT", 5)]

@@ -76,6 +76,18 @@ def test_invalid_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(SettingsError, match="PARLEY_DATABASE_URL"):
         load_settings()
     monkeypatch.delenv("PARLEY_DATABASE_URL")
+    for url, says in (
+        ("unix:///run/redis.sock", "rediss:// URL"),
+        ("redis://cache:6379/0?decode_responses=yes", "option.s.: decode_responses"),
+        ("rediss://cache/0?ssl_cert_reqs=sometimes", "ssl_cert_reqs must be one of"),
+        ("rediss://cache/0?ssl_ca_certs=/nonexistent/ca.pem", "certificate files"),
+    ):
+        monkeypatch.setenv("PARLEY_REDIS_URL", url)
+        with pytest.raises(SettingsError, match=f"PARLEY_REDIS_URL.*{says}"):
+            load_settings()
+    monkeypatch.setenv("PARLEY_REDIS_URL", "rediss://:pw@cache:6380/2?ssl_cert_reqs=none")
+    assert load_settings().redis_url.startswith("rediss://")
+    monkeypatch.delenv("PARLEY_REDIS_URL")
     monkeypatch.setenv("PARLEY_LLM_PROVIDER", "magic")
     with pytest.raises(SettingsError, match="PARLEY_LLM_PROVIDER"):
         load_settings()
