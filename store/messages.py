@@ -46,6 +46,70 @@ STREAMING = MessageStatus.STREAMING.value
 CONTEXT_MESSAGES = 50
 
 
+def _ids(name: str) -> sa.BindParameter[list[str]]:
+    return sa.bindparam(name, expanding=True)
+
+
+# The turn path's statements, built once: built per call, each cost ~60 µs of CPU more
+# (ad hoc, SQLAlchemy 2.0 on this box: 77 against 18.5 µs for one SELECT ... IN on SQLite)
+# and left its BindParameters for the garbage collector.
+_LOCK_USERS = sa.select(users.c.id).where(users.c.id.in_(_ids("users"))).with_for_update()
+_LOCK_CONVERSATIONS = (
+    sa.select(conversations.c.id, conversations.c.user_id, conversations.c.last_seq)
+    .where(conversations.c.id.in_(_ids("convs")), conversations.c.deleted_at.is_(None))
+    .with_for_update()
+)
+_SEEN = sa.select(messages).where(
+    messages.c.conversation_id.in_(_ids("convs")),
+    messages.c.client_message_id.in_(_ids("client_ids")),
+)
+_ANSWERS = (
+    sa.select(messages).where(messages.c.parent_id.in_(_ids("parents"))).order_by(messages.c.seq)
+)
+_STREAMING_OF = sa.select(messages.c.user_id, messages.c.conversation_id).where(
+    messages.c.user_id.in_(_ids("users")), messages.c.status == STREAMING
+)
+_HISTORY = (
+    sa.select(messages.c.role, messages.c.content, messages.c.status)
+    .where(
+        messages.c.conversation_id == sa.bindparam("conv"),
+        messages.c.seq < sa.bindparam("below"),
+        messages.c.deleted_at.is_(None),
+    )
+    .order_by(messages.c.seq.desc())
+    .limit(CONTEXT_MESSAGES)
+)
+_MOVE_SEQ = (
+    conversations.update()
+    .where(conversations.c.id.in_(_ids("convs")))
+    .values(
+        last_seq=conversations.c.last_seq + sa.bindparam("step"), updated_at=sa.bindparam("now")
+    )
+)
+_CHECKPOINT = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("mid"), messages.c.status == STREAMING)
+    .values(
+        content=sa.bindparam("text"),
+        chunk_count=sa.bindparam("chunks"),
+        updated_at=sa.bindparam("now"),
+    )
+)
+_FINISH = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("mid"), messages.c.status == STREAMING)
+    .values(
+        content=sa.bindparam("text"),
+        status=sa.bindparam("final_status"),
+        finish_reason=sa.bindparam("reason"),
+        chunk_count=sa.bindparam("chunks"),
+        prompt_tokens=sa.bindparam("prompt"),
+        completion_tokens=sa.bindparam("completion"),
+        updated_at=sa.bindparam("now"),
+    )
+)
+
+
 class BeginOutcome(enum.Enum):
     STARTED = "started"
     DUPLICATE = "duplicate"  # same messageId and content: replay or join
@@ -91,16 +155,7 @@ def find_turn(
 
 
 def _history(conn: Connection, conversation_id: str, below_seq: int) -> list[tuple[str, str]]:
-    rows = conn.execute(
-        sa.select(messages.c.role, messages.c.content, messages.c.status)
-        .where(
-            messages.c.conversation_id == conversation_id,
-            messages.c.seq < below_seq,
-            messages.c.deleted_at.is_(None),
-        )
-        .order_by(messages.c.seq.desc())
-        .limit(CONTEXT_MESSAGES)
-    ).all()
+    rows = conn.execute(_HISTORY, {"conv": conversation_id, "below": below_seq}).all()
     out = [(r.role, r.content) for r in reversed(rows) if r.content or r.role == Role.USER]
     return [(role, content) for role, content in out if content]
 
@@ -151,27 +206,16 @@ def begin_turns(
         return []
     user_ids = sorted({r.user_id for r in requests})
     conv_ids = sorted({r.conversation_id for r in requests})
-    conn.execute(sa.select(users.c.id).where(users.c.id.in_(user_ids)).with_for_update())
-    convs = {
-        row.id: row
-        for row in conn.execute(
-            sa.select(conversations.c.id, conversations.c.user_id, conversations.c.last_seq)
-            .where(conversations.c.id.in_(conv_ids), conversations.c.deleted_at.is_(None))
-            .with_for_update()
-        )
-    }
+    conn.execute(_LOCK_USERS, {"users": user_ids})
+    convs = {row.id: row for row in conn.execute(_LOCK_CONVERSATIONS, {"convs": conv_ids})}
     last_seq = {cid: int(row.last_seq) for cid, row in convs.items()}
     seen: dict[tuple[str, str], MessageRecord] = {
         (m.conversation_id, str(m.client_message_id)): m
         for m in (
             MessageRecord.from_row(r)
             for r in conn.execute(
-                sa.select(messages).where(
-                    messages.c.conversation_id.in_(conv_ids),
-                    messages.c.client_message_id.in_(
-                        sorted({r.client_message_id for r in requests})
-                    ),
-                )
+                _SEEN,
+                {"convs": conv_ids, "client_ids": sorted({r.client_message_id for r in requests})},
             )
         )
     }
@@ -181,19 +225,11 @@ def begin_turns(
     )
     answers: dict[str, MessageRecord] = {}
     if seen:
-        for r in conn.execute(
-            sa.select(messages)
-            .where(messages.c.parent_id.in_([m.id for m in seen.values()]))
-            .order_by(messages.c.seq)
-        ):
+        for r in conn.execute(_ANSWERS, {"parents": [m.id for m in seen.values()]}):
             rec = MessageRecord.from_row(r)
             answers.setdefault(str(rec.parent_id), rec)
     streaming: dict[str, set[str]] = {}  # user -> conversations with a streaming turn
-    for row in conn.execute(
-        sa.select(messages.c.user_id, messages.c.conversation_id).where(
-            messages.c.user_id.in_(user_ids), messages.c.status == STREAMING
-        )
-    ):
+    for row in conn.execute(_STREAMING_OF, {"users": user_ids}):
         streaming.setdefault(row.user_id, set()).add(row.conversation_id)
     kept = stored_bytes_many(
         conn, sorted({r.user_id for r in requests if r.max_stored_bytes is not None})
@@ -295,11 +331,7 @@ def begin_turns(
         for cid, seq in moved.items():
             steps.setdefault(seq - int(convs[cid].last_seq), []).append(cid)
         for step, cids in sorted(steps.items()):
-            conn.execute(
-                conversations.update()
-                .where(conversations.c.id.in_(sorted(cids)))
-                .values(last_seq=conversations.c.last_seq + step, updated_at=now)
-            )
+            conn.execute(_MOVE_SEQ, {"convs": sorted(cids), "step": step, "now": now})
     return results
 
 
@@ -307,13 +339,10 @@ def checkpoint_many(conn: Connection, items: list[tuple[str, str, int]]) -> None
     """Checkpoint several streaming messages in one transaction: ``(id, text, chunks)``."""
     if not items:
         return
+    now = utcnow()
     conn.execute(
-        messages.update()
-        .where(messages.c.id == sa.bindparam("mid"), messages.c.status == STREAMING)
-        .values(
-            content=sa.bindparam("text"), chunk_count=sa.bindparam("chunks"), updated_at=utcnow()
-        ),
-        [{"mid": mid, "text": text, "chunks": chunks} for mid, text, chunks in items],
+        _CHECKPOINT,
+        [{"mid": mid, "text": text, "chunks": chunks, "now": now} for mid, text, chunks in items],
     )
 
 
@@ -330,17 +359,17 @@ def finish_message(
 ) -> bool:
     """Final text and status. False if the message was already final (never finish twice)."""
     res = conn.execute(
-        messages.update()
-        .where(messages.c.id == message_id, messages.c.status == STREAMING)
-        .values(
-            content=content,
-            status=status,
-            finish_reason=finish_reason,
-            chunk_count=chunk_count,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            updated_at=utcnow(),
-        )
+        _FINISH,
+        {
+            "mid": message_id,
+            "text": content,
+            "final_status": status,
+            "reason": finish_reason,
+            "chunks": chunk_count,
+            "prompt": prompt_tokens,
+            "completion": completion_tokens,
+            "now": utcnow(),
+        },
     )
     return res.rowcount == 1
 

@@ -15,6 +15,11 @@ from store.schema import message_tombstones
 
 __all__ = ["tombstone_key", "tombstoned", "write_tombstones"]
 
+# built once: every turn start asks (store/messages.py says why)
+_PURGED = sa.select(message_tombstones.c.key_hash).where(
+    message_tombstones.c.key_hash.in_(sa.bindparam("hashes", expanding=True))
+)
+
 
 def tombstone_key(conversation_id: str, client_message_id: str) -> str:
     return hashlib.sha256(f"{conversation_id}:{client_message_id}".encode()).hexdigest()
@@ -25,11 +30,7 @@ def tombstoned(conn: Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[s
     by_hash = {tombstone_key(c, m): (c, m) for c, m in keys}
     if not by_hash:
         return set()
-    rows = conn.execute(
-        sa.select(message_tombstones.c.key_hash).where(
-            message_tombstones.c.key_hash.in_(sorted(by_hash))
-        )
-    )
+    rows = conn.execute(_PURGED, {"hashes": sorted(by_hash)})
     return {by_hash[r[0]] for r in rows}
 
 
