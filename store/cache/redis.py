@@ -4,8 +4,8 @@ Over 400 lines: one engine per file, method for method beside ``memory.py`` and 
 ``base.py`` interface, so the two implementations can be read side by side.
 
 Commands go through :class:`store.cache.resp.CommandPool`: trio sockets, hiredis,
-a pool of kept connections, no thread (``benchmarks/setup_stages.py``: a GET 150 µs of
-CPU through a worker thread and redis-py, ~40 on the event loop). Pub/sub stays on
+a pool of kept connections, no thread (a command 119 µs of CPU through a worker thread
+and redis-py, 57 here: ``benchmarks/results/redis_clients.json``). Pub/sub stays on
 redis-py's sync client in a thread per subscription, which measured best for it
 (``benchmarks/redis_clients.py``, ``docs/notes/cache-choice.md``).
 

@@ -1,10 +1,11 @@
 """Redis commands on the event loop: trio sockets, hiredis to encode and parse, a small pool.
 
-redis-py's sync client through a worker thread cost ~150 µs of CPU a GET on this box, its
-own work ~40 (``benchmarks/setup_stages.py``: the hop and the two threads' turns at the
-GIL); every sign-up, connect, close and ``chat.send`` makes one such call. Here a command
-is a ``send_all`` and a ``receive_some`` on the event loop's thread, and hiredis (Redis's
-own C parser, sans-I/O: ``feed`` bytes, ``gets`` replies) does the protocol.
+redis-py's sync client through a worker thread cost 117-128 µs of CPU a GET on this box,
+40-46 on the calling thread (``benchmarks/results/setup_stages.json``: the rest is the hop
+and the two threads' turns at the GIL); every sign-up, connect, close and ``chat.send``
+makes one such call. Here a command is a ``send_all`` and a ``receive_some`` on the event
+loop's thread (a GET 60 µs, a connect's cache call 234 → 86), and hiredis (Redis's own C
+parser, sans-I/O: ``feed`` bytes, ``gets`` replies) does the protocol.
 
 * :meth:`CommandPool.execute_many` sends a batch of commands in one write and reads one
   reply each (a pipeline: one round trip). A Redis error reply is returned in place, as a
