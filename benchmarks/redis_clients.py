@@ -75,6 +75,44 @@ async def _timed(fn: Callable[[], Awaitable[int]]) -> tuple[int, float]:
         return n, time.perf_counter() - t0
 
 
+KeyCall = Callable[[str], Awaitable[Any]]
+
+
+async def _sequential(out: dict[str, Any], set_: KeyCall, get_: KeyCall, p: str, ops: int) -> None:
+    """Sequential SET+GET from one task: each op is one command (one round trip)."""
+
+    async def run() -> int:
+        n = ops // 2
+        for i in range(n):
+            await set_(f"{p}seq:{i % 100}")
+            await get_(f"{p}seq:{i % 100}")
+        return n * 2
+
+    cpu0 = time.process_time()
+    n, dt_s = await _timed(run)
+    out["sequential_ops_per_s"] = round(n / dt_s, 1)
+    out["sequential_cpu_us_per_op"] = round((time.process_time() - cpu0) / n * 1e6, 1)
+
+
+async def _concurrent(set_: KeyCall, get_: KeyCall, p: str, ops: int, concurrency: int) -> float:
+    """`concurrency` trio tasks sharing `ops` SET+GET ops: commands a second."""
+    per_task = max(1, ops // (2 * concurrency))
+
+    async def worker(w: int) -> None:
+        for i in range(per_task):
+            await set_(f"{p}con:{w}:{i % 10}")
+            await get_(f"{p}con:{w}:{i % 10}")
+
+    async def run() -> int:
+        async with trio.open_nursery() as nursery:
+            for w in range(concurrency):
+                nursery.start_soon(worker, w)
+        return per_task * 2 * concurrency
+
+    n, dt_s = await _timed(run)
+    return round(n / dt_s, 1)
+
+
 # ---------------------------------------------------------------------------
 # (a) sync client in threads
 # ---------------------------------------------------------------------------
@@ -97,35 +135,14 @@ async def bench_sync_threads(
     try:
         await call(client.ping)  # warm one connection
 
-        # Sequential SET+GET: each op is one command (one round trip).
-        async def sequential() -> int:
-            n = ops // 2
-            for i in range(n):
-                await call(client.set, f"{p}seq:{i % 100}", b"v")
-                await call(client.get, f"{p}seq:{i % 100}")
-            return n * 2
+        async def set_(key: str) -> Any:
+            return await call(client.set, key, b"v")
 
-        cpu0 = time.process_time()
-        n, dt_s = await _timed(sequential)
-        out["sequential_ops_per_s"] = round(n / dt_s, 1)
-        out["sequential_cpu_us_per_op"] = round((time.process_time() - cpu0) / n * 1e6, 1)
+        async def get_(key: str) -> Any:
+            return await call(client.get, key)
 
-        # Concurrent: `concurrency` trio tasks sharing `ops` SET+GET ops.
-        async def concurrent() -> int:
-            per_task = max(1, ops // (2 * concurrency))
-
-            async def worker(w: int) -> None:
-                for i in range(per_task):
-                    await call(client.set, f"{p}con:{w}:{i % 10}", b"v")
-                    await call(client.get, f"{p}con:{w}:{i % 10}")
-
-            async with trio.open_nursery() as nursery:
-                for w in range(concurrency):
-                    nursery.start_soon(worker, w)
-            return per_task * 2 * concurrency
-
-        n, dt_s = await _timed(concurrent)
-        out["concurrent_ops_per_s"] = round(n / dt_s, 1)
+        await _sequential(out, set_, get_, p, ops)
+        out["concurrent_ops_per_s"] = await _concurrent(set_, get_, p, ops, concurrency)
         out["concurrency"] = concurrency
 
         # Same N tasks, but at most `small` threads/connections at once: with
@@ -133,10 +150,11 @@ async def bench_sync_threads(
         small = min(SMALL_LIMIT, concurrency)
         full_limiter, limiter = limiter, trio.CapacityLimiter(small)
         try:
-            n, dt_s = await _timed(concurrent)
+            out[f"concurrent_ops_per_s_limiter_{small}"] = await _concurrent(
+                set_, get_, p, ops, concurrency
+            )
         finally:
             limiter = full_limiter
-        out[f"concurrent_ops_per_s_limiter_{small}"] = round(n / dt_s, 1)
 
         # Pipelined: `batch` SETs per round trip, the whole pipeline in one thread call.
         def run_batch(r: int) -> None:
@@ -220,33 +238,14 @@ async def bench_trio_native(
     try:
         await pool.execute("PING")
 
-        async def sequential() -> int:
-            n = ops // 2
-            for i in range(n):
-                await pool.execute("SET", f"{p}seq:{i % 100}", b"v")
-                await pool.execute("GET", f"{p}seq:{i % 100}")
-            return n * 2
+        async def set_(key: str) -> Any:
+            return await pool.execute("SET", key, b"v")
 
-        cpu0 = time.process_time()
-        n, dt_s = await _timed(sequential)
-        out["sequential_ops_per_s"] = round(n / dt_s, 1)
-        out["sequential_cpu_us_per_op"] = round((time.process_time() - cpu0) / n * 1e6, 1)
+        async def get_(key: str) -> Any:
+            return await pool.execute("GET", key)
 
-        async def concurrent() -> int:
-            per_task = max(1, ops // (2 * concurrency))
-
-            async def worker(w: int) -> None:
-                for i in range(per_task):
-                    await pool.execute("SET", f"{p}con:{w}:{i % 10}", b"v")
-                    await pool.execute("GET", f"{p}con:{w}:{i % 10}")
-
-            async with trio.open_nursery() as nursery:
-                for w in range(concurrency):
-                    nursery.start_soon(worker, w)
-            return per_task * 2 * concurrency
-
-        n, dt_s = await _timed(concurrent)
-        out["concurrent_ops_per_s"] = round(n / dt_s, 1)
+        await _sequential(out, set_, get_, p, ops)
+        out["concurrent_ops_per_s"] = await _concurrent(set_, get_, p, ops, concurrency)
         out["concurrency"] = concurrency
 
         async def pipelined() -> int:
@@ -287,31 +286,14 @@ async def bench_trio_asyncio(
         try:
             await aio(client.ping)()
 
-            async def sequential() -> int:
-                n = ops // 2
-                for i in range(n):
-                    await aio(client.set)(f"{p}seq:{i % 100}", b"v")
-                    await aio(client.get)(f"{p}seq:{i % 100}")
-                return n * 2
+            async def set_(key: str) -> Any:
+                return await aio(client.set)(key, b"v")
 
-            n, dt_s = await _timed(sequential)
-            out["sequential_ops_per_s"] = round(n / dt_s, 1)
+            async def get_(key: str) -> Any:
+                return await aio(client.get)(key)
 
-            async def concurrent() -> int:
-                per_task = max(1, ops // (2 * concurrency))
-
-                async def worker(w: int) -> None:
-                    for i in range(per_task):
-                        await aio(client.set)(f"{p}con:{w}:{i % 10}", b"v")
-                        await aio(client.get)(f"{p}con:{w}:{i % 10}")
-
-                async with trio.open_nursery() as nursery:
-                    for w in range(concurrency):
-                        nursery.start_soon(worker, w)
-                return per_task * 2 * concurrency
-
-            n, dt_s = await _timed(concurrent)
-            out["concurrent_ops_per_s"] = round(n / dt_s, 1)
+            await _sequential(out, set_, get_, p, ops)
+            out["concurrent_ops_per_s"] = await _concurrent(set_, get_, p, ops, concurrency)
             out["concurrency"] = concurrency
 
             async def run_batch() -> None:
