@@ -86,27 +86,23 @@ _MOVE_SEQ = (
         last_seq=conversations.c.last_seq + sa.bindparam("step"), updated_at=sa.bindparam("now")
     )
 )
-_CHECKPOINT = (
-    messages.update()
-    .where(messages.c.id == sa.bindparam("mid"), messages.c.status == STREAMING)
-    .values(
-        content=sa.bindparam("text"),
-        chunk_count=sa.bindparam("chunks"),
-        updated_at=sa.bindparam("now"),
-    )
+# a message written only while it streams: a final one is never written again
+_WHILE_STREAMING = messages.update().where(
+    messages.c.id == sa.bindparam("mid"), messages.c.status == STREAMING
 )
-_FINISH = (
-    messages.update()
-    .where(messages.c.id == sa.bindparam("mid"), messages.c.status == STREAMING)
-    .values(
-        content=sa.bindparam("text"),
-        status=sa.bindparam("final_status"),
-        finish_reason=sa.bindparam("reason"),
-        chunk_count=sa.bindparam("chunks"),
-        prompt_tokens=sa.bindparam("prompt"),
-        completion_tokens=sa.bindparam("completion"),
-        updated_at=sa.bindparam("now"),
-    )
+_CHECKPOINT = _WHILE_STREAMING.values(
+    content=sa.bindparam("text"),
+    chunk_count=sa.bindparam("chunks"),
+    updated_at=sa.bindparam("now"),
+)
+_FINISH = _WHILE_STREAMING.values(
+    content=sa.bindparam("text"),
+    status=sa.bindparam("final_status"),
+    finish_reason=sa.bindparam("reason"),
+    chunk_count=sa.bindparam("chunks"),
+    prompt_tokens=sa.bindparam("prompt"),
+    completion_tokens=sa.bindparam("completion"),
+    updated_at=sa.bindparam("now"),
 )
 
 
