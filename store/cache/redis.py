@@ -213,24 +213,19 @@ class RedisCacheEngine(CacheEngine):
         poll_interval: float = 0.1,
         health_check_interval: float = 30.0,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError("max_connections must be >= 1")
-        connect_timeout = (
-            socket_timeout if socket_connect_timeout is None else socket_connect_timeout
-        )
         self.url = url
-        self._pool = CommandPool(
+        self._pool = CommandPool(  # checks max_connections; the URL's timeouts win
             url,
             max_connections=max_connections,
             socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
+            connect_timeout=socket_connect_timeout,
         )
         self.socket_timeout = self._pool.socket_timeout
         # Subscriptions hold a connection each for their lifetime, read by a thread.
         self._pubsub_pool = redis.ConnectionPool.from_url(
             url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self._pool.connect_timeout,
             socket_keepalive=True,
             health_check_interval=health_check_interval,
             retry=Retry(NoBackoff(), 0),

@@ -383,3 +383,8 @@ def test_url_options() -> None:
     assert CommandPool("redis://app@h/0")._hello == [("AUTH", "app", "")]
     assert CommandPool("redis://:pw@h/0")._hello == [("AUTH", "pw")]
     assert CommandPool("redis://app:pw@h/5")._hello == [("AUTH", "app", "pw"), ("SELECT", 5)]
+    with pytest.raises(ValueError, match="max_connections must be >= 1"):
+        RedisCacheEngine("redis://h/0", max_connections=0)
+    engine = RedisCacheEngine("redis://h/0?socket_connect_timeout=0.25", socket_timeout=3.0)
+    assert engine._pool.connect_timeout == 0.25 and engine.socket_timeout == 3.0
+    assert RedisCacheEngine("redis://h/0", socket_timeout=3.0)._pool.connect_timeout == 3.0
