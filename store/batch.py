@@ -44,8 +44,10 @@ class GroupCommit(Generic[R, T]):
         *,
         batch_max: int,
         on_commit: Callable[[list[R], list[T]], None] | None = None,
+        multi_statements: bool = False,
     ) -> None:
         self.db = db
+        self.multi_statements = multi_statements  # see Database.tx
         self.run = run
         self.batch_max = batch_max
         self.on_commit = on_commit
@@ -76,7 +78,10 @@ class GroupCommit(Generic[R, T]):
                 del self._pending[: self.batch_max]
                 requests = [s.request for s in batch]
                 try:
-                    results = await self.db.tx(functools.partial(self._run, requests))
+                    results = await self.db.tx(
+                        functools.partial(self._run, requests),
+                        multi_statements=self.multi_statements,
+                    )
                 except Exception as exc:
                     for s in batch:
                         s.error = exc

@@ -8,6 +8,8 @@ connection pool, so no more threads wait on the pool than it can serve.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import select
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ import sqlalchemy as sa
 import trio
 from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["Database", "create_db_engine", "utcnow"]
+__all__ = ["Database", "create_db_engine", "multi_statement_connection", "utcnow"]
 
 T = TypeVar("T")
 
@@ -28,6 +30,7 @@ def utcnow() -> dt.datetime:
 
 
 TX_ATTEMPTS = 3
+MULTI_POOL_SIZE = 2  # the turn-start lane's connections (one start transaction at a time)
 
 
 def _retryable(exc: sa.exc.OperationalError) -> bool:
@@ -51,8 +54,10 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
 
-def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for ``sqlite:///path`` or ``mysql+pymysql://...``."""
+def create_db_engine(url: str, *, pool_size: int = 10, multi_statements: bool = False) -> Engine:
+    """An engine for ``sqlite:///path`` or ``mysql+pymysql://...``. ``multi_statements``
+    (MySQL): its connections may send several statements in one round trip; only the turn
+    start's lane asks for it (:func:`multi_statement_connection`)."""
     if url.startswith("sqlite"):
         db_path = sa.engine.make_url(url).database
         if db_path and db_path != ":memory:":
@@ -73,20 +78,70 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             dbapi_conn.isolation_level = None
 
         return engine
-    return sa.create_engine(
+    connect_args: dict[str, Any] = {
+        "charset": "utf8mb4",
+        "connect_timeout": 5,
+        "read_timeout": 30,
+        "write_timeout": 30,
+    }
+    if multi_statements:
+        from pymysql.constants import CLIENT
+
+        connect_args["client_flag"] = CLIENT.MULTI_STATEMENTS
+    engine = sa.create_engine(
         url,
         hide_parameters=True,
         pool_size=pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={
-            "charset": "utf8mb4",
-            "connect_timeout": 5,
-            "read_timeout": 30,
-            "write_timeout": 30,
-        },
+        # both replaced below by checks that cost no round trip (pre-ping: one per checkout;
+        # the rollback on return: one per transaction, after its commit too)
+        pool_pre_ping=False,
+        pool_reset_on_return=None,
+        connect_args=connect_args,
     )
+    sa.event.listen(engine, "checkout", _mysql_checkout)
+    sa.event.listen(engine, "reset", _mysql_reset)
+    return engine
+
+
+COMMITTED = "parley_committed"  # Connection.info: committed, nothing run since
+
+
+def _mysql_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """A kept connection the server closed (restart, KILL, wait_timeout) is readable: it
+    holds the end of the stream, or an error packet. The pool replaces it at once, without
+    the round trip a ping costs (go-sql-driver/mysql checks its connections the same way)."""
+    sock = getattr(dbapi_conn, "_sock", None)
+    try:
+        closed = sock is None or bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        closed = True
+    if closed:
+        raise sa.exc.DisconnectionError("the server closed this kept connection")
+
+
+def _mysql_reset(dbapi_conn: Any, record: Any, state: Any) -> None:
+    """On return to the pool, roll back what may still be open: not after
+    :meth:`Database.tx` committed (``COMMITTED``) nor when the Connection rolled back itself
+    (``transaction_was_reset``); a closed socket has nothing to roll back."""
+    committed = record.info.pop(COMMITTED, False) if record is not None else False
+    if state.terminate_only or state.transaction_was_reset or committed:
+        return
+    if getattr(dbapi_conn, "open", True):
+        dbapi_conn.rollback()
+
+
+def multi_statement_connection(conn: Connection) -> Any | None:
+    """The DBAPI connection under ``conn`` when it may send several statements in one
+    round trip (pymysql opened with multi-statements: :meth:`Database.tx`'s lane); else None."""
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return None
+    dbapi = conn.connection.dbapi_connection
+    flag = getattr(dbapi, "client_flag", 0)
+    from pymysql.constants import CLIENT
+
+    return dbapi if isinstance(flag, int) and flag & CLIENT.MULTI_STATEMENTS else None
 
 
 class Database:
@@ -101,26 +156,51 @@ class Database:
         # 100 ms a try): queue writers here instead, in order, without sleeping
         # (200 concurrent turn starts: 147 ms in all, against 198 ms through the pool).
         self.write_limiter = trio.CapacityLimiter(1) if self.is_sqlite else self.limiter
+        # MySQL: the turn starts' lane, connections that may send several statements at
+        # once (store/turn_start.py); group commit runs one start transaction at a time
+        self.multi_engine: Engine | None = None
+        self.multi_limiter = self.write_limiter
+        if not self.is_sqlite:
+            self.multi_engine = create_db_engine(
+                url, pool_size=MULTI_POOL_SIZE, multi_statements=True
+            )
+            self.multi_limiter = trio.CapacityLimiter(MULTI_POOL_SIZE)
 
-    async def tx(self, fn: Callable[[Connection], T]) -> T:
+    async def tx(self, fn: Callable[[Connection], T], *, multi_statements: bool = False) -> T:
         """Run ``fn(conn)`` in one transaction, in a worker thread.
 
         A deadlock or lock-wait timeout (MariaDB 1213/1205, SQLite "database is locked")
-        rolls the transaction back; it is run again, up to 3 times.
+        rolls the transaction back; it is run again, up to 3 times. ``multi_statements``:
+        on MySQL, ``conn`` comes from the lane whose connections may send several
+        statements in one round trip (:func:`multi_statement_connection`); elsewhere the
+        ordinary one.
         """
+        limiter = self.write_limiter
+        if multi_statements and self.multi_engine is not None:
+            limiter = self.multi_limiter
+        return await trio.to_thread.run_sync(
+            functools.partial(self.run_tx, fn, multi_statements=multi_statements),
+            limiter=limiter,
+        )
 
-        def work() -> T:
-            for attempt in range(TX_ATTEMPTS):
-                try:
-                    with self.engine.begin() as conn:
-                        return fn(conn)
-                except sa.exc.OperationalError as exc:
-                    if attempt + 1 == TX_ATTEMPTS or not _retryable(exc):
-                        raise
-                    time.sleep(0.02 * (attempt + 1))
-            raise AssertionError("unreachable")
-
-        return await trio.to_thread.run_sync(work, limiter=self.write_limiter)
+    def run_tx(self, fn: Callable[[Connection], T], *, multi_statements: bool = False) -> T:
+        """:meth:`tx` on the calling thread (blocking)."""
+        engine = self.engine
+        if multi_statements and self.multi_engine is not None:
+            engine = self.multi_engine
+        for attempt in range(TX_ATTEMPTS):
+            try:
+                with engine.connect() as conn:
+                    with conn.begin():
+                        result = fn(conn)
+                    if not self.is_sqlite:  # nothing to roll back on return
+                        conn.info[COMMITTED] = True
+                    return result
+            except sa.exc.OperationalError as exc:
+                if attempt + 1 == TX_ATTEMPTS or not _retryable(exc):
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` outside an explicit write transaction (reads)."""
@@ -140,3 +220,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.multi_engine is not None:
+            self.multi_engine.dispose()

@@ -1,28 +1,25 @@
-"""Turn storage: the user message and its assistant message, checkpoints, the final write.
+"""Turn storage after the start: checkpoints, the final write, the reads of resume.
 
-One turn = two rows written in one transaction: the user's message (``seq``
-n+1, keyed by the client's ``messageId``) and the assistant's (``seq`` n+2,
-status ``streaming``). The conversation row is locked while the sequence
-numbers are taken, so ``seq`` never repeats and never skips.
-
-Over 400 lines: the turn's rows are one unit (start, checkpoint, end, the reads of resume).
+A turn's start (its two rows, the locks, the sequence numbers) is :mod:`store.turn_start`;
+its names are exported here too, where the turn code has always found them.
 """
 
 from __future__ import annotations
 
-import enum
-import uuid
-from dataclasses import dataclass, field
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from protocol.frames import FinishReason, MessageStatus, Role
-from store.conversations import stored_bytes_many
+from protocol.frames import FinishReason, MessageStatus
 from store.db import utcnow
 from store.records import MessageRecord
-from store.schema import conversations, messages, users
-from store.tombstones import tombstoned
+from store.schema import conversations, messages
+from store.turn_start import (
+    BeginOutcome,
+    BeginRequest,
+    BeginResult,
+    begin_turn,
+    begin_turns,
+)
 
 __all__ = [
     "BeginOutcome",
@@ -43,49 +40,8 @@ __all__ = [
 ]
 
 STREAMING = MessageStatus.STREAMING.value
-CONTEXT_MESSAGES = 50
 
 
-def _ids(name: str) -> sa.BindParameter[list[str]]:
-    return sa.bindparam(name, expanding=True)
-
-
-# The turn path's statements, built once: built per call, each cost ~60 µs of CPU more
-# (ad hoc, SQLAlchemy 2.0 on this box: 77 against 18.5 µs for one SELECT ... IN on SQLite)
-# and left its BindParameters for the garbage collector.
-_LOCK_USERS = sa.select(users.c.id).where(users.c.id.in_(_ids("users"))).with_for_update()
-_LOCK_CONVERSATIONS = (
-    sa.select(conversations.c.id, conversations.c.user_id, conversations.c.last_seq)
-    .where(conversations.c.id.in_(_ids("convs")), conversations.c.deleted_at.is_(None))
-    .with_for_update()
-)
-_SEEN = sa.select(messages).where(
-    messages.c.conversation_id.in_(_ids("convs")),
-    messages.c.client_message_id.in_(_ids("client_ids")),
-)
-_ANSWERS = (
-    sa.select(messages).where(messages.c.parent_id.in_(_ids("parents"))).order_by(messages.c.seq)
-)
-_STREAMING_OF = sa.select(messages.c.user_id, messages.c.conversation_id).where(
-    messages.c.user_id.in_(_ids("users")), messages.c.status == STREAMING
-)
-_HISTORY = (
-    sa.select(messages.c.role, messages.c.content, messages.c.status)
-    .where(
-        messages.c.conversation_id == sa.bindparam("conv"),
-        messages.c.seq < sa.bindparam("below"),
-        messages.c.deleted_at.is_(None),
-    )
-    .order_by(messages.c.seq.desc())
-    .limit(CONTEXT_MESSAGES)
-)
-_MOVE_SEQ = (
-    conversations.update()
-    .where(conversations.c.id.in_(_ids("convs")))
-    .values(
-        last_seq=conversations.c.last_seq + sa.bindparam("step"), updated_at=sa.bindparam("now")
-    )
-)
 # a message written only while it streams: a final one is never written again
 _WHILE_STREAMING = messages.update().where(
     messages.c.id == sa.bindparam("mid"), messages.c.status == STREAMING
@@ -104,26 +60,6 @@ _FINISH = _WHILE_STREAMING.values(
     completion_tokens=sa.bindparam("completion"),
     updated_at=sa.bindparam("now"),
 )
-
-
-class BeginOutcome(enum.Enum):
-    STARTED = "started"
-    DUPLICATE = "duplicate"  # same messageId and content: replay or join
-    CONFLICT = "conflict"  # same messageId, other content
-    NOT_FOUND = "not_found"
-    BUSY = "busy"  # a turn of this conversation is streaming
-    EXPIRED = "expired"  # the cache knew the messageId, the database no longer has it
-    TOO_MANY = "too_many"  # the user has the maximum of turns streaming
-    OVER_QUOTA = "over_quota"  # the user keeps max_stored_bytes or more
-
-
-@dataclass(frozen=True, slots=True)
-class BeginResult:
-    outcome: BeginOutcome
-    user_message: MessageRecord | None = None
-    assistant_message: MessageRecord | None = None
-    history: list[tuple[str, str]] = field(default_factory=list)
-    stored_bytes: int | None = None  # what the user keeps, when the request asked to measure
 
 
 def get_message(conn: Connection, message_id: str) -> MessageRecord | None:
@@ -148,187 +84,6 @@ def find_turn(
         sa.select(messages).where(messages.c.parent_id == user_msg.id).order_by(messages.c.seq)
     ).first()
     return user_msg, (MessageRecord.from_row(arow) if arow else None)
-
-
-def _history(conn: Connection, conversation_id: str, below_seq: int) -> list[tuple[str, str]]:
-    rows = conn.execute(_HISTORY, {"conv": conversation_id, "below": below_seq}).all()
-    out = [(r.role, r.content) for r in reversed(rows) if r.content or r.role == Role.USER]
-    return [(role, content) for role, content in out if content]
-
-
-@dataclass(frozen=True, slots=True)
-class BeginRequest:
-    user_id: str
-    conversation_id: str
-    client_message_id: str
-    content: str
-    must_exist: bool = False  # the cache knew this messageId (see begin_turns)
-    max_turns: int | None = None  # this caller's cap on turns at once (guests: fewer)
-    max_stored_bytes: int | None = None  # measure what the user keeps; refuse at this cap
-
-
-def begin_turn(
-    conn: Connection,
-    *,
-    user_id: str,
-    conversation_id: str,
-    client_message_id: str,
-    content: str,
-    max_user_turns: int = 3,
-    must_exist: bool = False,
-) -> BeginResult:
-    """One turn start (see :func:`begin_turns`)."""
-    req = BeginRequest(user_id, conversation_id, client_message_id, content, must_exist)
-    return begin_turns(conn, [req], max_user_turns=max_user_turns)[0]
-
-
-def begin_turns(
-    conn: Connection, requests: list[BeginRequest], *, max_user_turns: int = 3
-) -> list[BeginResult]:
-    """Start several turns in one transaction (group commit); one result per request, in order.
-
-    Each started turn stores a user message (``seq`` n+1) and an empty ``streaming``
-    assistant message (n+2). The users' and conversations' rows are locked first, so
-    sequence numbers never repeat or skip and the per-user count cannot race. Requests are
-    decided in order, each seeing the ones before it (a second send to the same
-    conversation in one batch is busy, or a duplicate of the first). ``must_exist``: the
-    caller knows the messageId was sent before; if the database no longer has it
-    (retention), nothing is generated again (``EXPIRED``). ``max_stored_bytes``: what the
-    user keeps is measured (one grouped query for the batch) and a new turn is refused at
-    the cap (``OVER_QUOTA``; a duplicate still replays). A handful of set-based queries
-    serve the whole batch.
-    """
-    if not requests:
-        return []
-    user_ids = sorted({r.user_id for r in requests})
-    conv_ids = sorted({r.conversation_id for r in requests})
-    conn.execute(_LOCK_USERS, {"users": user_ids})
-    convs = {row.id: row for row in conn.execute(_LOCK_CONVERSATIONS, {"convs": conv_ids})}
-    last_seq = {cid: int(row.last_seq) for cid, row in convs.items()}
-    seen: dict[tuple[str, str], MessageRecord] = {
-        (m.conversation_id, str(m.client_message_id)): m
-        for m in (
-            MessageRecord.from_row(r)
-            for r in conn.execute(
-                _SEEN,
-                {"convs": conv_ids, "client_ids": sorted({r.client_message_id for r in requests})},
-            )
-        )
-    }
-    # messageIds whose message retention purged: never generated again (REPLAY_EXPIRED)
-    gone = tombstoned(
-        conn, {(r.conversation_id, r.client_message_id) for r in requests} - set(seen)
-    )
-    answers: dict[str, MessageRecord] = {}
-    if seen:
-        for r in conn.execute(_ANSWERS, {"parents": [m.id for m in seen.values()]}):
-            rec = MessageRecord.from_row(r)
-            answers.setdefault(str(rec.parent_id), rec)
-    streaming: dict[str, set[str]] = {}  # user -> conversations with a streaming turn
-    for row in conn.execute(_STREAMING_OF, {"users": user_ids}):
-        streaming.setdefault(row.user_id, set()).add(row.conversation_id)
-    kept = stored_bytes_many(
-        conn, sorted({r.user_id for r in requests if r.max_stored_bytes is not None})
-    )
-
-    now = utcnow()
-    results: list[BeginResult] = []
-    rows: list[dict[str, object]] = []
-    for req in requests:
-        conv = convs.get(req.conversation_id)
-        if conv is None or conv.user_id != req.user_id:
-            results.append(BeginResult(BeginOutcome.NOT_FOUND))
-            continue
-        key = (req.conversation_id, req.client_message_id)
-        prior = seen.get(key)
-        if prior is None and (req.must_exist or key in gone):
-            results.append(BeginResult(BeginOutcome.EXPIRED))
-            continue
-        if prior is not None:
-            outcome = (
-                BeginOutcome.CONFLICT if prior.content != req.content else BeginOutcome.DUPLICATE
-            )
-            results.append(BeginResult(outcome, prior, answers.get(prior.id)))
-            continue
-        used = kept.get(req.user_id) if req.max_stored_bytes is not None else None
-        if used is not None and req.max_stored_bytes is not None and used >= req.max_stored_bytes:
-            results.append(BeginResult(BeginOutcome.OVER_QUOTA, stored_bytes=used))
-            continue
-        busy = streaming.get(req.user_id, set())
-        if req.conversation_id in busy:
-            results.append(BeginResult(BeginOutcome.BUSY))
-            continue
-        if len(busy) >= (req.max_turns or max_user_turns):
-            results.append(BeginResult(BeginOutcome.TOO_MANY))
-            continue
-        user_seq = last_seq[req.conversation_id] + 1
-        history = _history(conn, req.conversation_id, user_seq) if user_seq > 1 else []
-        common: dict[str, object] = {
-            "conversation_id": req.conversation_id,
-            "user_id": req.user_id,
-            "created_at": now,
-            "updated_at": now,
-            "finish_reason": None,
-            "prompt_tokens": None,
-            "completion_tokens": None,
-            "chunk_count": 0,
-            "deleted_at": None,
-        }
-        user_row = {
-            **common,
-            "id": str(uuid.uuid4()),
-            "seq": user_seq,
-            "role": Role.USER.value,
-            "content": req.content,
-            "status": MessageStatus.COMPLETED.value,
-            "client_message_id": req.client_message_id,
-            "parent_id": None,
-        }
-        assistant_row = {
-            **common,
-            "id": str(uuid.uuid4()),
-            "seq": user_seq + 1,
-            "role": "assistant",
-            "content": "",
-            "status": STREAMING,
-            "client_message_id": None,
-            "parent_id": user_row["id"],
-        }
-        rows += [user_row, assistant_row]
-        user_rec, assistant_rec = MessageRecord(**user_row), MessageRecord(**assistant_row)  # type: ignore[arg-type]
-        # Later requests of this batch see this one.
-        last_seq[req.conversation_id] = user_seq + 1
-        seen[key] = user_rec
-        answers[user_rec.id] = assistant_rec
-        streaming.setdefault(req.user_id, set()).add(req.conversation_id)
-        if used is not None:
-            kept[req.user_id] = used = used + len(req.content)
-        results.append(
-            BeginResult(
-                BeginOutcome.STARTED,
-                user_rec,
-                assistant_rec,
-                [*history, (Role.USER.value, req.content)],
-                stored_bytes=used,
-            )
-        )
-    if rows:
-        conn.execute(messages.insert(), rows)
-        moved = {
-            cid: seq
-            for cid, seq in last_seq.items()
-            if cid in convs and seq != int(convs[cid].last_seq)
-        }
-        # One statement per distinct step (a batch starts one turn per conversation: one
-        # step, 2). Not a CASE with one WHEN per conversation: each batch size compiled to a
-        # new entry of the engine's cache, holding its values (up to ~240 KB at 64 turns;
-        # ~8 MB over every size, filled over hours: RSS growth in the soak).
-        steps: dict[int, list[str]] = {}
-        for cid, seq in moved.items():
-            steps.setdefault(seq - int(convs[cid].last_seq), []).append(cid)
-        for step, cids in sorted(steps.items()):
-            conn.execute(_MOVE_SEQ, {"convs": sorted(cids), "step": step, "now": now})
-    return results
 
 
 def checkpoint_many(conn: Connection, items: list[tuple[str, str, int]]) -> None:

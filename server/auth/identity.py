@@ -45,7 +45,9 @@ __all__ = [
     "note_active",
     "note_activity",
     "note_live_session",
+    "note_revoked_session",
     "revoke_sessions",
+    "session_known",
     "verify_token",
     "watch_revocations",
 ]
@@ -80,6 +82,32 @@ def note_live_session(svc: Services, session_id: str) -> None:
 UNREAD: Any = object()  # is_session_denied: the deny-list entry is not read yet
 
 
+def session_known(svc: Services, session_id: str, cached: Any) -> bool | None:
+    """What this process knows of a session without any I/O: True denied (revoked here and
+    not yet on the deny-list, or on it: ``cached`` is its entry, read), False live (the
+    database said so within ``session_check_cache_seconds``), None: only the database can
+    tell (also when the deny-list could not be read, ``cached`` is ``UNREAD``)."""
+    if session_id in svc.pending_denies:
+        return True
+    if cached is UNREAD:
+        return None
+    if cached is not None:
+        return True
+    until = svc.live_sessions.get(session_id)
+    if until is not None and until > time.monotonic():
+        return False
+    return None
+
+
+async def note_revoked_session(svc: Services, session_id: str) -> None:
+    """The database called the session revoked: no longer remembered as live, and back on
+    the deny-list (a cache that lost its entries must not send every call to the database)."""
+    svc.live_sessions.pop(session_id, None)
+    with contextlib.suppress(CacheError):
+        ttl = svc.settings.access_token_ttl_seconds + 5
+        await svc.cache.set(deny_key(session_id), b"1", ttl=ttl)
+
+
 async def is_session_denied(svc: Services, session_id: str, cached: Any = UNREAD) -> bool:
     """Deny-list in the cache first; without an entry there, the database decides.
 
@@ -94,21 +122,15 @@ async def is_session_denied(svc: Services, session_id: str, cached: Any = UNREAD
     try:
         if cached is UNREAD:  # (``cached``: the deny-list entry, read already)
             cached = await svc.cache.get(deny_key(session_id))
-        if cached is not None:
-            return True
     except CacheError:
         return not await svc.db.read(lambda c: is_session_live(c, session_id))
-    now = time.monotonic()
-    until = svc.live_sessions.get(session_id)
-    if until is not None and until > now:
-        return False
+    known = session_known(svc, session_id, cached)
+    if known is not None:
+        return known
     if await svc.db.read(lambda c: is_session_live(c, session_id)):
         note_live_session(svc, session_id)
         return False
-    svc.live_sessions.pop(session_id, None)
-    with contextlib.suppress(CacheError):
-        ttl = svc.settings.access_token_ttl_seconds + 5
-        await svc.cache.set(deny_key(session_id), b"1", ttl=ttl)
+    await note_revoked_session(svc, session_id)
     return True
 
 

@@ -17,6 +17,7 @@ import trio
 
 from protocol.frames import ChatResume, ChatSend
 from protocol.turn import Turn
+from server.auth.identity import note_live_session
 from server.services import Services
 from server.turns.config import TurnConfig
 from server.turns.follow import Followers
@@ -99,11 +100,14 @@ class TurnManager:
         max_turns: int | None = None,
         max_stored_bytes: int | None = None,
         prefetched: Sequence[bytes | None] | None = None,
+        check_session: str | None = None,
     ) -> None:
         """Start (or join, for a known messageId) a turn. Raises ProtocolError before any ack.
         ``max_turns``: this caller's cap on turns at once, if lower than the server's;
         ``max_stored_bytes``: their cap on what they keep (``PAYLOAD_TOO_LARGE`` at it);
-        ``prefetched``: the values of ``precheck_keys`` when the caller has read them."""
+        ``prefetched``: the values of ``precheck_keys`` when the caller has read them;
+        ``check_session``: a session only the database can vouch for, asked in the start's
+        own transaction (``AUTH_INVALID`` when it is not live; remembered live otherwise)."""
         received_at = time.perf_counter()
         conv_id, client_id, content = str(data.conversationId), str(data.messageId), data.content
         check = await precheck(
@@ -124,10 +128,13 @@ class TurnManager:
             must_exist=check.known,
             max_turns=max_turns,
             max_stored_bytes=max_stored_bytes if check.measure_quota else None,
+            check_session=check_session,
         )
         result = await self._starts.submit(
             self.nursery, PendingStart(request, listener, received_at, check.dup_key)
         )
+        if check_session is not None and result.outcome is not BeginOutcome.SESSION_REVOKED:
+            note_live_session(self.svc, check_session)
         if result.stored_bytes is not None:  # measured: remembered for a minute, aside
             self.nursery.start_soon(self._remember_quota, user_id, result.stored_bytes)
         err = refusal(

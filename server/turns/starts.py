@@ -136,6 +136,8 @@ def refusal(
             ErrorCode.REPLAY_EXPIRED,
             "that message is no longer stored; nothing was generated again",
         )
+    if outcome is BeginOutcome.SESSION_REVOKED:
+        return ProtocolError(ErrorCode.AUTH_INVALID, "session revoked")
     if outcome is BeginOutcome.NOT_FOUND:
         return ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
     if outcome is BeginOutcome.CONFLICT:
@@ -191,6 +193,7 @@ class StartQueue:
             ),
             batch_max=batch_max,
             on_commit=self._started,
+            multi_statements=True,  # MySQL: a start's reads in one round trip, its writes in one
         )
 
     def _started(self, batch: list[PendingStart], results: list[BeginResult]) -> None:

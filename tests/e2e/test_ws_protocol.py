@@ -296,6 +296,56 @@ async def test_chat_send_rate_limit_per_user(live: LiveServer) -> None:
     assert err["retryable"] is True and 0 < err["retryAfterMs"] <= 60_000
 
 
+async def test_a_send_asks_the_database_about_its_session_in_the_turn_start(
+    live: LiveServer,
+) -> None:
+    """Neither the deny-list nor this process knows the session (revoked behind its back, the
+    few seconds of trust passed): the turn start's own transaction refuses it, the error comes
+    first, then the close; the session goes back on the deny-list; nothing is stored."""
+    import sqlalchemy as sa
+
+    from server.auth.identity import deny_key
+    from store.schema import messages, sessions
+
+    rest, _, token = await account(live)
+    conv = await rest.conversation(token)
+    assert live.svc is not None
+    svc = live.svc
+    sid = svc.keyring.verify(token).sid
+    async with connect(live.ws_url, token) as ws:
+        svc.live_sessions.clear()  # a live session, asked in the start: the turn runs
+        first = await ws.turn(conv, "still mine?")
+        assert first.errors == [] and first.done is not None
+        assert sid in svc.live_sessions  # ... and trusted again for a few seconds
+        await svc.db.tx(
+            lambda c: c.execute(
+                sessions.update().where(sessions.c.id == sid).values(revoked_at=sa.func.now())
+            )
+        )
+        svc.live_sessions.clear()
+        await ws.send(
+            "chat.send",
+            {"conversationId": conv, "messageId": str(uuid.uuid4()), "content": "and now?"},
+            request_id="late",
+        )
+        err = await ws.recv()
+        assert err["type"] == "error" and err["requestId"] == "late"
+        assert err["data"]["code"] == "AUTH_INVALID"
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.reason.code == 4500
+    assert sid not in svc.live_sessions
+    assert await trio.to_thread.run_sync(live.run_async, svc.cache.get, deny_key(sid)) is not None
+    stored = await svc.db.read(
+        lambda c: c.execute(
+            sa.select(sa.func.count())
+            .select_from(messages)
+            .where(messages.c.conversation_id == conv)
+        ).scalar_one()
+    )
+    assert stored == 2  # the first turn's two messages; nothing of the refused one
+
+
 async def test_revoked_session_frame_gets_error_then_4500(live: LiveServer) -> None:
     """The deny-list check on a frame that starts work (not the pub/sub close): the error
     comes first, then the close."""

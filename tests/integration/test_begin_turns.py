@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import pymysql
 import pytest
 import sqlalchemy as sa
 
 from store import conversations as conv_repo
+from store import sessions as sessions_repo
 from store import users as users_repo
-from store.db import create_db_engine
+from store.db import Database, create_db_engine
 from store.messages import BeginOutcome, BeginRequest, begin_turns
 from store.schema import conversations, messages
+from store.turn_start import CONTEXT_MESSAGES
 
-BACKEND_URLS = ["sqlite_url", pytest.param("mysql_url", marks=pytest.mark.mysql)]
+# MySQL twice: statement by statement, and on the turn-start lane (multi-statements: every
+# read in one round trip, every write in another); the same answers on all three
+BACKEND_URLS = [
+    "sqlite_url",
+    pytest.param("mysql_url", marks=pytest.mark.mysql),
+    pytest.param("mysql_url:multi", marks=pytest.mark.mysql, id="mysql_multi"),
+]
 
 
 @pytest.fixture(params=BACKEND_URLS)
 def engine(request: pytest.FixtureRequest) -> Iterator[sa.Engine]:
-    eng = create_db_engine(request.getfixturevalue(request.param), pool_size=1)
+    name, _, lane = request.param.partition(":")
+    eng = create_db_engine(
+        request.getfixturevalue(name), pool_size=1, multi_statements=lane == "multi"
+    )
     yield eng
     eng.dispose()
 
@@ -174,3 +187,98 @@ def test_batches_of_new_sizes_add_nothing_to_the_compiled_cache(engine: sa.Engin
     with engine.connect() as c:  # and the sequence numbers moved as before
         seqs = c.execute(sa.select(conversations.c.last_seq).where(conversations.c.id == convs[0]))
         assert seqs.scalar_one() == 2
+
+
+def test_a_session_to_check_is_asked_in_the_same_transaction(engine: sa.Engine) -> None:
+    alice, (a1, a2, a3) = setup_user(engine, 3)
+    bob, (b1, b2) = setup_user(engine, 2)
+    with engine.begin() as c:
+        live, revoked, expired = (
+            sessions_repo.create_session(
+                c,
+                user_id=alice,
+                refresh_hash=uuid.uuid4().hex * 2,
+                ttl=ttl,
+                user_agent=None,
+                ip=None,
+            ).id
+            for ttl in (dt.timedelta(days=1), dt.timedelta(days=1), dt.timedelta(seconds=-1))
+        )
+        bobs = sessions_repo.create_session(
+            c,
+            user_id=bob,
+            refresh_hash=uuid.uuid4().hex * 2,
+            ttl=dt.timedelta(days=1),
+            user_agent=None,
+            ip=None,
+        ).id
+        sessions_repo.revoke_session(c, revoked, reason="logout")
+    results = run(
+        engine,
+        [
+            BeginRequest(alice, a1, str(uuid.uuid4()), "hi", check_session=live),
+            BeginRequest(alice, a2, str(uuid.uuid4()), "hi", check_session=revoked),
+            BeginRequest(alice, a3, str(uuid.uuid4()), "hi", check_session=expired),
+            BeginRequest(bob, b1, str(uuid.uuid4()), "hi"),  # nothing to check
+        ],
+    )
+    assert [r.outcome for r in results] == [
+        BeginOutcome.STARTED,
+        BeginOutcome.SESSION_REVOKED,
+        BeginOutcome.SESSION_REVOKED,
+        BeginOutcome.STARTED,
+    ]
+    with engine.begin() as c:  # a deleted user's sessions are not live either
+        users_repo.soft_delete_user(c, bob)
+    (gone,) = run(engine, [BeginRequest(bob, b2, str(uuid.uuid4()), "hi", check_session=bobs)])
+    assert gone.outcome is BeginOutcome.SESSION_REVOKED
+    with engine.connect() as c:  # the refused starts stored nothing
+        stored = c.execute(
+            sa.select(messages.c.conversation_id).where(
+                messages.c.conversation_id.in_([a2, a3, b2])
+            )
+        ).all()
+    assert stored == []
+
+
+def test_the_context_is_the_newest_messages_oldest_first(engine: sa.Engine) -> None:
+    user, (conv,) = setup_user(engine, 1)
+    for i in range(CONTEXT_MESSAGES // 2 + 1):  # 52 messages stored, the last 50 sent
+        (r,) = run(engine, [req(user, conv, content=f"q{i}")])
+        with engine.begin() as c:
+            c.execute(
+                messages.update()
+                .where(messages.c.id == r.assistant_message.id)
+                .values(status="completed", content=f"a{i}" if i != 3 else "")
+            )
+    (last,) = run(engine, [req(user, conv, content="last")])
+    texts = [text for _role, text in last.history]
+    # 50 rows read (q1 a1 ... q25 a25, the empty a3 left out), then the new message
+    assert texts[:4] == ["q1", "a1", "q2", "a2"] and "a3" not in texts
+    assert texts[-3:] == ["q25", "a25", "last"] and len(texts) == CONTEXT_MESSAGES
+
+
+@pytest.mark.mysql
+def test_the_lane_starts_a_turn_in_three_round_trips(mysql_url: str) -> None:
+    counted: list[Any] = []
+    original = pymysql.connections.Connection._execute_command
+
+    def counting(self: Any, command: int, sql: Any) -> Any:
+        counted.append(command)
+        return original(self, command, sql)
+
+    # reads, writes, COMMIT; or 7 statements (a first turn reads no history) and COMMIT
+    db = Database(mysql_url, pool_size=1)
+    user, (c1, c2) = setup_user(db.engine, 2)
+    for lane, conv, expected in ((True, c1, 3), (False, c2, 8)):
+        db.run_tx(lambda c: c.exec_driver_sql("SELECT 1"), multi_statements=lane)  # connected
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pymysql.connections.Connection, "_execute_command", counting)
+            counted.clear()
+            (result,) = db.run_tx(
+                lambda c, conv=conv: begin_turns(c, [req(user, conv)]), multi_statements=lane
+            )
+        assert result.outcome is BeginOutcome.STARTED
+        # no ping before, no rollback after: only the statements and the commit
+        assert len(counted) == expected, (lane, counted)
+    db.dispose()

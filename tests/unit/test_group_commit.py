@@ -19,8 +19,9 @@ class FakeDb:
         self.gate = trio.Event()
         self.calls = 0
 
-    async def tx(self, fn: Callable[[Any], Any]) -> Any:
+    async def tx(self, fn: Callable[[Any], Any], *, multi_statements: bool = False) -> Any:
         self.calls += 1
+        self.multi_statements = multi_statements
         await self.gate.wait()
         return fn("conn")
 

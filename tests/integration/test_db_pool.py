@@ -1,0 +1,118 @@
+"""The MySQL connection pool: kept connections checked without a round trip, returned
+without a redundant rollback, and never handed on with a transaction open."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pymysql
+import pytest
+import sqlalchemy as sa
+import trio
+
+from store import users as users_repo
+from store.db import Database
+from store.schema import users
+
+pytestmark = pytest.mark.mysql
+
+
+@pytest.fixture
+def db(mysql_url: str) -> Iterator[Database]:
+    database = Database(mysql_url, pool_size=1)
+    yield database
+    database.dispose()
+
+
+def _thread_id(conn: sa.Connection) -> int:
+    return int(conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())
+
+
+def _admin(url: str) -> pymysql.Connection[Any]:
+    u = sa.engine.make_url(url)
+    return pymysql.connect(
+        host=u.host,
+        port=u.port or 3306,
+        user=u.username,
+        password=u.password or "",
+        autocommit=True,
+    )
+
+
+def test_a_connection_the_server_closed_is_replaced_at_checkout(
+    db: Database, mysql_url: str
+) -> None:
+    first = trio.run(db.read, _thread_id)
+    admin = _admin(mysql_url)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"KILL CONNECTION {first}")
+    finally:
+        admin.close()
+    # the pool's one kept connection is dead: the next call gets a new one, and no error
+    second = trio.run(db.tx, _thread_id)
+    assert second != first
+    assert trio.run(db.read, _thread_id) == second  # the new one is kept
+
+
+def test_what_a_caller_left_open_is_rolled_back_on_return(db: Database, mysql_url: str) -> None:
+    with db.engine.begin() as c:
+        user = users_repo.create_user(c, kind="guest")
+    raw = db.engine.raw_connection()  # no Connection to end its transaction
+    cur = raw.cursor()
+    cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user.id,))
+    cur.close()
+    raw.close()  # back to the pool: the reset must release the row lock
+    other = _admin(mysql_url)
+    try:
+        with other.cursor() as c2:
+            c2.execute(f"USE {sa.engine.make_url(mysql_url).database}")
+            c2.execute("SET SESSION innodb_lock_wait_timeout = 1")
+            c2.execute("BEGIN")
+            c2.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user.id,))
+            assert c2.fetchone() == (user.id,)
+            c2.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def test_a_failed_transaction_leaves_nothing_for_the_next(db: Database) -> None:
+    with db.engine.begin() as c:
+        user = users_repo.create_user(c, kind="guest")
+
+    def fail(conn: sa.Connection) -> None:
+        conn.execute(users.update().where(users.c.id == user.id).values(display_name="half"))
+        raise RuntimeError("after the first statement")
+
+    with pytest.raises(RuntimeError):
+        trio.run(db.tx, fail)
+    # the same (only) connection again: the update was rolled back, not committed later
+    trio.run(db.tx, lambda conn: conn.exec_driver_sql("SELECT 1").scalar_one())
+    name = trio.run(
+        db.read,
+        lambda conn: conn.execute(
+            sa.select(users.c.display_name).where(users.c.id == user.id)
+        ).scalar_one(),
+    )
+    assert name is None
+
+
+def test_reads_see_what_was_committed_since_the_last_call(db: Database) -> None:
+    # a read leaves no snapshot open on the kept connection (REPEATABLE READ would show the
+    # old row to the next call otherwise)
+    with db.engine.begin() as c:
+        user = users_repo.create_user(c, kind="guest")
+
+    def name_of(conn: sa.Connection) -> Any:
+        return conn.execute(
+            sa.select(users.c.display_name).where(users.c.id == user.id)
+        ).scalar_one()
+
+    assert trio.run(db.read, name_of) is None
+    other = sa.create_engine(str(db.engine.url.render_as_string(hide_password=False)))
+    with other.begin() as c:
+        c.execute(users.update().where(users.c.id == user.id).values(display_name="new"))
+    other.dispose()
+    assert trio.run(db.read, name_of) == "new"
+    assert trio.run(db.tx, name_of) == "new"
