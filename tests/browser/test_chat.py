@@ -266,6 +266,7 @@ def test_keyboard_alone_sends_breaks_lines_and_stops(served: Served, pages: Page
     new_conversation(page)
     page.reload()
     wait_connected(page)
+    composer(page).wait_for()  # the skip link's target is there (the conversation has loaded)
     page.keyboard.press("Tab")  # the first stop is the skip link
     assert page.evaluate("() => document.activeElement.textContent") == ("Skip to the message box")
     page.keyboard.press("Enter")
