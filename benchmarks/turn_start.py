@@ -5,9 +5,13 @@ spends most of its time in one transaction: ``store.messages.begin_turns`` for o
 request (lock the user and the conversation, look for the messageId and its tombstone,
 count the user's streaming turns, read the history, insert the two messages, move the
 sequence). This times that transaction alone, in this process, on the calling thread
-and through a worker thread as Parley runs it, and the floor: the least a turn start
-needs, written straight on pymysql (BEGIN, the conversation locked, two messages
-inserted, the sequence moved, COMMIT: five round trips).
+and through a worker thread as Parley runs it (``Database.run_tx``), statement by
+statement (``mariadb``: 8 round trips and the commit) and on the turn-start lane
+(``mariadb_lane``: every read in one round trip, every write in a second, the commit),
+and the floor: the least a turn start needs, written straight on pymysql (BEGIN, the
+conversation locked, two messages inserted, the sequence moved, COMMIT: five round
+trips). Parley's starts go to three conversations, so after the first 150 each reads a
+full context (50 messages); the floor reads none.
 
     .venv/bin/python benchmarks/turn_start.py          # writes benchmarks/results/turn_start.json
 
@@ -32,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
-import sqlalchemy as sa
 import trio
 
 HERE = Path(__file__).resolve().parent
@@ -44,7 +47,7 @@ from benchmarks.run import machine  # noqa: E402
 from store import conversations as store_conversations  # noqa: E402
 from store import messages as store_messages  # noqa: E402
 from store import users as store_users  # noqa: E402
-from store.db import create_db_engine  # noqa: E402
+from store.db import Database  # noqa: E402
 from store.schema import metadata  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -73,43 +76,57 @@ def _measure(n: int, start: Callable[[int], Any], end: Callable[[Any], None]) ->
     return _summary(walls, cpus)
 
 
-def parley_cases(url: str, n: int) -> dict[str, Any]:
-    engine = create_db_engine(url, pool_size=2)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
+def parley_cases(url: str, n: int, *, multi_statements: bool = False) -> dict[str, Any]:
+    """Parley's own transaction (``Database.run_tx``, as ``Database.tx`` runs it in its
+    worker thread); ``multi_statements``: on the turn-start lane (MySQL)."""
+    db = Database(url, pool_size=2)
+    metadata.create_all(db.engine)
+    with db.engine.begin() as conn:
         user = store_users.create_user(conn, kind="guest")
         convs = [
             store_conversations.create_conversation(conn, user_id=user.id, title="bench").id
             for _ in range(3)
         ]
-    statements = [0]
-    sa.event.listen(
-        engine, "before_cursor_execute", lambda *_: statements.__setitem__(0, statements[0] + 1)
-    )
 
     def start(i: int) -> store_messages.BeginResult:
         request = store_messages.BeginRequest(user.id, convs[i % 3], str(uuid.uuid4()), "hello")
-        with engine.begin() as conn:
-            result = store_messages.begin_turns(conn, [request])[0]
+        result = db.run_tx(
+            lambda conn: store_messages.begin_turns(conn, [request])[0],
+            multi_statements=multi_statements,
+        )
         assert result.outcome is store_messages.BeginOutcome.STARTED, result.outcome
         return result
 
     def end(result: store_messages.BeginResult) -> None:
         assert result.assistant_message is not None
-        with engine.begin() as conn:
-            store_messages.finish_message(
+        message_id = result.assistant_message.id
+        db.run_tx(
+            lambda conn: store_messages.finish_message(
                 conn,
-                result.assistant_message.id,
+                message_id,
                 content="an answer",
                 status="completed",
                 finish_reason="stop",
                 chunk_count=1,
             )
+        )
 
     out: dict[str, Any] = {"direct": _measure(n, start, end)}
-    before = statements[0]
-    end(start(0))
-    out["statements_per_start"] = statements[0] - before - 1  # the end's UPDATE is not
+    if not db.is_sqlite:  # what one start sends to the server (the 150 before it warmed up)
+        sent: list[int] = []
+        original = pymysql.connections.Connection._execute_command
+
+        def counting(self: Any, command: int, sql: Any) -> Any:
+            sent.append(command)
+            return original(self, command, sql)
+
+        pymysql.connections.Connection._execute_command = counting  # type: ignore[method-assign]
+        try:
+            result = start(0)
+        finally:
+            pymysql.connections.Connection._execute_command = original  # type: ignore[method-assign]
+        end(result)
+        out["round_trips_per_start"] = len(sent)
 
     async def threaded() -> dict[str, float]:
         walls: list[float] = []
@@ -124,7 +141,7 @@ def parley_cases(url: str, n: int) -> dict[str, Any]:
         return _summary(walls, cpus)
 
     out["worker_thread"] = trio.run(threaded)
-    engine.dispose()
+    db.dispose()
     return out
 
 
@@ -167,7 +184,9 @@ def main() -> int:
     admin.cursor().execute(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
     cases: dict[str, Any] = {}
     try:
-        cases["mariadb"] = parley_cases(f"mysql+pymysql://root@127.0.0.1:3306/{database}", args.n)
+        url = f"mysql+pymysql://root@127.0.0.1:3306/{database}"
+        cases["mariadb"] = parley_cases(url, args.n)
+        cases["mariadb_lane"] = parley_cases(url, args.n, multi_statements=True)
         cases["pymysql_floor"] = pymysql_floor(database, args.n)
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {database}")
