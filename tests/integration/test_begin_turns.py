@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from store import conversations as conv_repo
 from store import sessions as sessions_repo
 from store import users as users_repo
-from store.db import Database, create_db_engine
+from store.db import Database, create_db_engine, multi_statement_connection
 from store.messages import BeginOutcome, BeginRequest, begin_turns
 from store.schema import conversations, messages
-from store.turn_start import CONTEXT_MESSAGES
+from store.turn_start import CONTEXT_MESSAGES, _run_sets
 
 # MySQL twice: statement by statement, and on the turn-start lane (multi-statements: every
 # read in one round trip, every write in another); the same answers on all three
@@ -282,3 +282,21 @@ def test_the_lane_starts_a_turn_in_three_round_trips(mysql_url: str) -> None:
         # no ping before, no rollback after: only the statements and the commit
         assert len(counted) == expected, (lane, counted)
     db.dispose()
+
+
+@pytest.mark.mysql
+def test_a_failed_statement_on_the_lane_is_sqlalchemys_error_without_its_values(
+    mysql_url: str,
+) -> None:
+    eng = create_db_engine(mysql_url, pool_size=1, multi_statements=True)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as failed, eng.begin() as c:
+            lane = multi_statement_connection(c)
+            assert lane is not None
+            _run_sets(c, lane, "SELECT 1;\nSELECT no_such_column FROM users WHERE id = %s", ["q"])
+        assert "no_such_column" in str(failed.value)  # the statement, for the log
+        assert "'q'" not in str(failed.value)  # never its values (message text)
+        with eng.connect() as c:  # the connection is usable again
+            assert c.exec_driver_sql("SELECT 1").scalar_one() == 1
+    finally:
+        eng.dispose()

@@ -3,6 +3,7 @@ without a redundant rollback, and never handed on with a transaction open."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,6 +49,13 @@ def test_a_connection_the_server_closed_is_replaced_at_checkout(
     try:
         with admin.cursor() as cur:
             cur.execute(f"KILL CONNECTION {first}")
+            for _ in range(200):  # its thread ends, and closes the socket, just after
+                cur.execute(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (first,)
+                )
+                if cur.fetchone() == (0,):
+                    break
+                time.sleep(0.01)
     finally:
         admin.close()
     # the pool's one kept connection is dead: the next call gets a new one, and no error
