@@ -296,6 +296,38 @@ async def test_chat_send_rate_limit_per_user(live: LiveServer) -> None:
     assert err["retryable"] is True and 0 < err["retryAfterMs"] <= 60_000
 
 
+async def _send_refused_then_closed(ws: Any, conv: str) -> None:
+    """A chat.send on a revoked session: its error (AUTH_INVALID, its requestId), then 4500."""
+    await ws.send(
+        "chat.send",
+        {"conversationId": conv, "messageId": str(uuid.uuid4()), "content": "still here?"},
+        request_id="late",
+    )
+    err = await ws.recv()
+    assert err["type"] == "error" and err["requestId"] == "late"
+    assert err["data"]["code"] == "AUTH_INVALID"
+    with pytest.raises(ConnectionClosed) as closed:
+        await ws.recv()
+    assert closed.value.reason.code == 4500
+
+
+async def _stored_in(live: LiveServer, conv: str) -> int:
+    import sqlalchemy as sa
+
+    from store.schema import messages
+
+    assert live.svc is not None
+    return int(
+        await live.svc.db.read(
+            lambda c: c.execute(
+                sa.select(sa.func.count())
+                .select_from(messages)
+                .where(messages.c.conversation_id == conv)
+            ).scalar_one()
+        )
+    )
+
+
 async def test_a_send_asks_the_database_about_its_session_in_the_turn_start(
     live: LiveServer,
 ) -> None:
@@ -305,7 +337,7 @@ async def test_a_send_asks_the_database_about_its_session_in_the_turn_start(
     import sqlalchemy as sa
 
     from server.auth.identity import deny_key
-    from store.schema import messages, sessions
+    from store.schema import sessions
 
     rest, _, token = await account(live)
     conv = await rest.conversation(token)
@@ -323,27 +355,10 @@ async def test_a_send_asks_the_database_about_its_session_in_the_turn_start(
             )
         )
         svc.live_sessions.clear()
-        await ws.send(
-            "chat.send",
-            {"conversationId": conv, "messageId": str(uuid.uuid4()), "content": "and now?"},
-            request_id="late",
-        )
-        err = await ws.recv()
-        assert err["type"] == "error" and err["requestId"] == "late"
-        assert err["data"]["code"] == "AUTH_INVALID"
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-        assert closed.value.reason.code == 4500
+        await _send_refused_then_closed(ws, conv)
     assert sid not in svc.live_sessions
     assert await trio.to_thread.run_sync(live.run_async, svc.cache.get, deny_key(sid)) is not None
-    stored = await svc.db.read(
-        lambda c: c.execute(
-            sa.select(sa.func.count())
-            .select_from(messages)
-            .where(messages.c.conversation_id == conv)
-        ).scalar_one()
-    )
-    assert stored == 2  # the first turn's two messages; nothing of the refused one
+    assert await _stored_in(live, conv) == 2  # the first turn's two messages, nothing more
 
 
 async def test_revoked_session_frame_gets_error_then_4500(live: LiveServer) -> None:
@@ -358,26 +373,5 @@ async def test_revoked_session_frame_gets_error_then_4500(live: LiveServer) -> N
     async with connect(live.ws_url, token) as ws:
         # deny-listed without the revocation broadcast
         await trio.to_thread.run_sync(live.run_async, live.svc.cache.set, deny_key(sid), b"1", 60.0)
-        await ws.send(
-            "chat.send",
-            {"conversationId": conv, "messageId": str(uuid.uuid4()), "content": "still here?"},
-            request_id="late",
-        )
-        err = await ws.recv()
-        assert err["type"] == "error" and err["requestId"] == "late"
-        assert err["data"]["code"] == "AUTH_INVALID"
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-        assert closed.value.reason.code == 4500
-    import sqlalchemy as sa
-
-    from store.schema import messages
-
-    stored = await live.svc.db.read(
-        lambda c: c.execute(
-            sa.select(sa.func.count())
-            .select_from(messages)
-            .where(messages.c.conversation_id == conv)
-        ).scalar_one()
-    )
-    assert stored == 0  # nothing started for a revoked session
+        await _send_refused_then_closed(ws, conv)
+    assert await _stored_in(live, conv) == 0  # nothing started for a revoked session
