@@ -26,6 +26,7 @@ __all__ = [
     "get_session",
     "is_session_live",
     "list_active_sessions",
+    "live_sessions",
     "revoke_all_sessions",
     "revoke_oldest_sessions",
     "revoke_session",
@@ -80,20 +81,31 @@ def get_session(conn: Connection, session_id: str) -> SessionRecord | None:
     return SessionRecord.from_row(row) if row else None
 
 
+# built once: a turn start may ask it for its batch (store/turn_start.py)
+_LIVE = (
+    sa.select(sessions.c.id)
+    .join(users, users.c.id == sessions.c.user_id)
+    .where(
+        sessions.c.id.in_(sa.bindparam("ids", expanding=True)),
+        sessions.c.revoked_at.is_(None),
+        sessions.c.expires_at > sa.bindparam("now"),
+        users.c.deleted_at.is_(None),
+    )
+)
+
+
+def live_sessions(conn: Connection, session_ids: list[str]) -> set[str]:
+    """The database's word on access tokens' sessions: of these, the ones not revoked, not
+    expired, and whose user is not deleted (what decides when the cache has no deny-list
+    entry)."""
+    if not session_ids:
+        return set()
+    return {row.id for row in conn.execute(_LIVE, {"ids": session_ids, "now": utcnow()})}
+
+
 def is_session_live(conn: Connection, session_id: str) -> bool:
-    """The database's word on an access token's session: not revoked, not expired, and its
-    user not deleted (what decides when the cache has no deny-list entry)."""
-    row = conn.execute(
-        sa.select(sessions.c.id)
-        .join(users, users.c.id == sessions.c.user_id)
-        .where(
-            sessions.c.id == session_id,
-            sessions.c.revoked_at.is_(None),
-            sessions.c.expires_at > utcnow(),
-            users.c.deleted_at.is_(None),
-        )
-    ).first()
-    return row is not None
+    """:func:`live_sessions` for one session."""
+    return session_id in live_sessions(conn, [session_id])
 
 
 def revoke_oldest_sessions(conn: Connection, user_id: str, *, keep: int, reason: str) -> list[str]:

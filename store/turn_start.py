@@ -35,7 +35,8 @@ from protocol.frames import MessageStatus, Role
 from store.conversations import stored_bytes_many
 from store.db import multi_statement_connection, utcnow
 from store.records import MessageRecord
-from store.schema import conversations, messages, sessions, users
+from store.schema import conversations, messages, users
+from store.sessions import live_sessions
 from store.tombstones import tombstone_key, tombstoned
 
 __all__ = [
@@ -119,16 +120,6 @@ _HISTORY = (
     .order_by(messages.c.seq.desc())
     .limit(CONTEXT_MESSAGES)
 )
-_LIVE_SESSIONS = (
-    sa.select(sessions.c.id)
-    .join(users, users.c.id == sessions.c.user_id)
-    .where(
-        sessions.c.id.in_(_ids("sids")),
-        sessions.c.revoked_at.is_(None),
-        sessions.c.expires_at > sa.bindparam("now"),
-        users.c.deleted_at.is_(None),
-    )
-)
 _MOVE_SEQ = (
     conversations.update()
     .where(conversations.c.id.in_(_ids("convs")))
@@ -136,6 +127,29 @@ _MOVE_SEQ = (
         last_seq=conversations.c.last_seq + sa.bindparam("step"), updated_at=sa.bindparam("now")
     )
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What a batch asks the database about (sorted: rows are locked in this order)."""
+
+    users: list[str]
+    convs: list[str]
+    client_ids: list[str]
+    pairs: set[tuple[str, str]]  # (conversation, messageId)
+    measure: list[str]  # users whose stored bytes are measured
+    sessions: list[str]  # sessions to check
+
+    @classmethod
+    def of(cls, requests: list[BeginRequest]) -> _Asked:
+        return cls(
+            sorted({r.user_id for r in requests}),
+            sorted({r.conversation_id for r in requests}),
+            sorted({r.client_message_id for r in requests}),
+            {(r.conversation_id, r.client_message_id) for r in requests},
+            sorted({r.user_id for r in requests if r.max_stored_bytes is not None}),
+            sorted({r.check_session for r in requests if r.check_session}),
+        )
 
 
 @dataclass(slots=True)
@@ -193,7 +207,8 @@ def begin_turns(
     if not requests:
         return []
     multi = multi_statement_connection(conn)
-    found = _read_multi(conn, multi, requests) if multi is not None else _read(conn, requests)
+    asked = _Asked.of(requests)
+    found = _read_multi(conn, multi, asked) if multi is not None else _read(conn, asked)
     results, rows, steps, now = _decide(found, requests, max_user_turns)
     if rows:
         if multi is not None:
@@ -205,46 +220,32 @@ def begin_turns(
     return results
 
 
-def _read(conn: Connection, requests: list[BeginRequest]) -> _Found:
+def _read(conn: Connection, asked: _Asked) -> _Found:
     """The portable reader: one statement each."""
-    user_ids = sorted({r.user_id for r in requests})
-    conv_ids = sorted({r.conversation_id for r in requests})
-    conn.execute(_LOCK_USERS, {"users": user_ids})
+    conn.execute(_LOCK_USERS, {"users": asked.users})
     convs = {
         row.id: (row.user_id, int(row.last_seq))
-        for row in conn.execute(_LOCK_CONVERSATIONS, {"convs": conv_ids})
+        for row in conn.execute(_LOCK_CONVERSATIONS, {"convs": asked.convs})
     }
     seen: dict[tuple[str, str], MessageRecord] = {
         (m.conversation_id, str(m.client_message_id)): m
         for m in (
             MessageRecord.from_row(r)
-            for r in conn.execute(
-                _SEEN,
-                {"convs": conv_ids, "client_ids": sorted({r.client_message_id for r in requests})},
-            )
+            for r in conn.execute(_SEEN, {"convs": asked.convs, "client_ids": asked.client_ids})
         )
     }
     # messageIds whose message retention purged: never generated again (REPLAY_EXPIRED)
-    gone = tombstoned(
-        conn, {(r.conversation_id, r.client_message_id) for r in requests} - set(seen)
-    )
+    gone = tombstoned(conn, asked.pairs - set(seen))
     answers: dict[str, MessageRecord] = {}
     if seen:
         for r in conn.execute(_ANSWERS, {"parents": [m.id for m in seen.values()]}):
             rec = MessageRecord.from_row(r)
             answers.setdefault(str(rec.parent_id), rec)
     streaming: dict[str, set[str]] = {}
-    for row in conn.execute(_STREAMING_OF, {"users": user_ids}):
+    for row in conn.execute(_STREAMING_OF, {"users": asked.users}):
         streaming.setdefault(row.user_id, set()).add(row.conversation_id)
-    kept = stored_bytes_many(
-        conn, sorted({r.user_id for r in requests if r.max_stored_bytes is not None})
-    )
-    sids = sorted({r.check_session for r in requests if r.check_session})
-    live = (
-        {row.id for row in conn.execute(_LIVE_SESSIONS, {"sids": sids, "now": utcnow()})}
-        if sids
-        else set()
-    )
+    kept = stored_bytes_many(conn, asked.measure)
+    live = live_sessions(conn, asked.sessions)
 
     def history(conversation_id: str, below_seq: int) -> list[tuple[str, str]]:
         rows = conn.execute(_HISTORY, {"conv": conversation_id, "below": below_seq}).all()
@@ -397,19 +398,15 @@ def _run_sets(conn: Connection, dbapi: Any, sql: str, params: list[object]) -> l
             cursor.close()
 
 
-def _read_multi(conn: Connection, dbapi: Any, requests: list[BeginRequest]) -> _Found:
+def _read_multi(conn: Connection, dbapi: Any, asked: _Asked) -> _Found:
     """Every read in one round trip: the locks first, then (in the snapshot they leave) the
     messageIds already stored, the tombstones, the users' streaming turns, what they keep
     (asked for only), the sessions to check (if any) and each conversation's context. Only
     the columns the decision needs: a stored messageId (a replay) costs a second round trip
     for its two whole messages."""
-    user_ids = sorted({r.user_id for r in requests})
-    conv_ids = sorted({r.conversation_id for r in requests})
-    client_ids = sorted({r.client_message_id for r in requests})
-    pairs = {(r.conversation_id, r.client_message_id) for r in requests}
-    hashes = {tombstone_key(c, m): (c, m) for c, m in pairs}
-    measure = sorted({r.user_id for r in requests if r.max_stored_bytes is not None})
-    sids = sorted({r.check_session for r in requests if r.check_session})
+    user_ids, conv_ids, client_ids = asked.users, asked.convs, asked.client_ids
+    hashes = {tombstone_key(c, m): (c, m) for c, m in asked.pairs}
+    measure, sids = asked.measure, asked.sessions
     nu, nc = _marks(len(user_ids)), _marks(len(conv_ids))
     statements = [
         f"SELECT id FROM users WHERE id IN ({nu}) FOR UPDATE",
