@@ -157,9 +157,9 @@ class Database:
         # (200 concurrent turn starts: 147 ms in all, against 198 ms through the pool).
         self.write_limiter = trio.CapacityLimiter(1) if self.is_sqlite else self.limiter
         # MySQL: the turn starts' lane, connections that may send several statements at
-        # once (store/turn_start.py); group commit runs one start transaction at a time
-        self.multi_engine: Engine | None = None
-        self.multi_limiter = self.write_limiter
+        # once (store/turn_start.py); group commit runs one start transaction at a time.
+        # SQLite: the ordinary engine and its one writer.
+        self.multi_engine, self.multi_limiter = self.engine, self.write_limiter
         if not self.is_sqlite:
             self.multi_engine = create_db_engine(
                 url, pool_size=MULTI_POOL_SIZE, multi_statements=True
@@ -175,19 +175,14 @@ class Database:
         statements in one round trip (:func:`multi_statement_connection`); elsewhere the
         ordinary one.
         """
-        limiter = self.write_limiter
-        if multi_statements and self.multi_engine is not None:
-            limiter = self.multi_limiter
         return await trio.to_thread.run_sync(
             functools.partial(self.run_tx, fn, multi_statements=multi_statements),
-            limiter=limiter,
+            limiter=self.multi_limiter if multi_statements else self.write_limiter,
         )
 
     def run_tx(self, fn: Callable[[Connection], T], *, multi_statements: bool = False) -> T:
         """:meth:`tx` on the calling thread (blocking)."""
-        engine = self.engine
-        if multi_statements and self.multi_engine is not None:
-            engine = self.multi_engine
+        engine = self.multi_engine if multi_statements else self.engine
         for attempt in range(TX_ATTEMPTS):
             try:
                 with engine.connect() as conn:
@@ -220,5 +215,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self.multi_engine is not None:
+        if self.multi_engine is not self.engine:
             self.multi_engine.dispose()
