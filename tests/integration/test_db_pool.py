@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pymysql
 import pytest
 import sqlalchemy as sa
 import trio
@@ -15,6 +14,7 @@ import trio
 from store import users as users_repo
 from store.db import Database
 from store.schema import users
+from tests.conftest import _mysql_admin
 
 pytestmark = pytest.mark.mysql
 
@@ -30,22 +30,9 @@ def _thread_id(conn: sa.Connection) -> int:
     return int(conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())
 
 
-def _admin(url: str) -> pymysql.Connection[Any]:
-    u = sa.engine.make_url(url)
-    return pymysql.connect(
-        host=u.host,
-        port=u.port or 3306,
-        user=u.username,
-        password=u.password or "",
-        autocommit=True,
-    )
-
-
-def test_a_connection_the_server_closed_is_replaced_at_checkout(
-    db: Database, mysql_url: str
-) -> None:
+def test_a_connection_the_server_closed_is_replaced_at_checkout(db: Database) -> None:
     first = trio.run(db.read, _thread_id)
-    admin = _admin(mysql_url)
+    admin = _mysql_admin()
     try:
         with admin.cursor() as cur:
             cur.execute(f"KILL CONNECTION {first}")
@@ -72,7 +59,7 @@ def test_what_a_caller_left_open_is_rolled_back_on_return(db: Database, mysql_ur
     cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user.id,))
     cur.close()
     raw.close()  # back to the pool: the reset must release the row lock
-    other = _admin(mysql_url)
+    other = _mysql_admin()
     try:
         with other.cursor() as c2:
             c2.execute(f"USE {sa.engine.make_url(mysql_url).database}")
