@@ -11,7 +11,7 @@ the exact command that reproduces it) and plots to ``benchmarks/results/*.png``.
 
 Scenarios: ``smoke``, ``relay`` (1/100/500[/1000] streams at 20 tokens/s, Parley and
 floor, plus the direct-to-upstream measuring floor), ``comparison`` (200 streams x 200
-tokens at 50 tokens/s, fresh server), ``dispatch`` (embedded and MariaDB + Redis),
+tokens at 50 tokens/s, fresh server), ``dispatch`` (embedded, MariaDB + Redis and the floor),
 ``idle`` (1k/5k/10k authenticated idle WebSockets), ``workers`` (``parley serve --workers``
 1 and 2 on MariaDB + Redis: the comparison's load and 1,000 streams at 20 tokens/s; not in
 the default set). A server's CPU and RSS include its worker processes.
@@ -550,11 +550,18 @@ def scenario_comparison(args: argparse.Namespace, workdir: Path) -> dict[str, An
 def scenario_dispatch(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     clients = 30 if args.quick else 200
     out: dict[str, Any] = {"clients": clients, "stagger_ms": 20.0, "tokens": 5}
-    backends = ["sqlite", "mysql"]
+    backends = ["sqlite", "mysql", "floor"]
     with running_fake_upstream() as (_p, fake_base):
         fake_root = fake_base[: -len("/v1")]
         for backend in backends:
-            with parley_server(fake_base, backend, workdir) as srv:
+            # the floor (benchmarks/floor.py: the same web stack, no auth, no store, no
+            # cache) in the same minutes says what the box and the harness alone cost
+            cm = (
+                floor_server(fake_base, workdir)
+                if backend == "floor"
+                else parley_server(fake_base, backend, workdir)
+            )
+            with cm as srv:
                 # warm-up (pool connections, first imports), then the measured run
                 stream_run(srv, fake_root, workdir, clients=5, tokens=5, tps=200)
                 r = stream_run(
