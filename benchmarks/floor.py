@@ -12,6 +12,11 @@ no metrics. It speaks just enough of Parley's wire format for
   ``chat.stream`` frame per upstream delta *from the same task* (no writer task,
   no queue, no coalescing), then ``chat.done``.
 
+With ``--mysql-database NAME`` (the durable floor): before the ``chat.ack`` each
+``chat.send`` stores two rows (the message and its reply's placeholder) in one
+transaction with bare pymysql, in a worker thread (at most two at once, as Parley's
+turn-start lane), and commits; so ack, then upstream call, in Parley's order.
+
 Run::
 
     python benchmarks/floor.py --port 8100 --upstream http://127.0.0.1:9000/v1
@@ -23,19 +28,61 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import uuid
 
 import httpx
 import orjson
+import pymysql
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart import request, websocket
 from quart_trio import QuartTrio
 
+_TABLE = (
+    "CREATE TABLE IF NOT EXISTS floor_messages (id CHAR(36) PRIMARY KEY,"
+    " conversation_id CHAR(36) NOT NULL, role VARCHAR(16) NOT NULL, content MEDIUMTEXT NOT NULL)"
+)
 
-def create_app(upstream: str) -> QuartTrio:
+
+class _Durable:
+    """One short transaction a send on bare pymysql: a connection per worker thread."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.local = threading.local()
+        self.limiter = trio.CapacityLimiter(2)
+        conn = self._connect()
+        conn.cursor().execute(_TABLE)
+        conn.commit()
+        conn.close()
+
+    def _connect(self) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host="127.0.0.1", user="root", database=self.database, autocommit=False
+        )
+
+    def _store(self, conv: str, content: str) -> str:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = self._connect()
+        user_id, reply_id = str(uuid.uuid4()), str(uuid.uuid4())
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO floor_messages VALUES (%s, %s, 'user', %s), (%s, %s, 'assistant', '')",
+                (user_id, conv, content, reply_id, conv),
+            )
+        conn.commit()
+        return reply_id
+
+    async def store(self, conv: str, content: str) -> str:
+        return await trio.to_thread.run_sync(self._store, conv, content, limiter=self.limiter)
+
+
+def create_app(upstream: str, database: str | None = None) -> QuartTrio:
     app = QuartTrio("floor")
+    durable = _Durable(database) if database else None
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0),
         limits=httpx.Limits(max_connections=2000, max_keepalive_connections=2000),
@@ -61,7 +108,11 @@ def create_app(upstream: str) -> QuartTrio:
             if frame.get("type") != "chat.send":
                 continue
             rid, data = frame.get("requestId"), frame["data"]
-            conv, mid = data["conversationId"], str(uuid.uuid4())
+            conv = data["conversationId"]
+            if durable is not None:
+                mid = await durable.store(conv, data["content"])
+            else:
+                mid = str(uuid.uuid4())
             head = {"conversationId": conv, "messageId": mid, "seq": 2}
             await websocket.send(
                 orjson.dumps(
@@ -115,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--upstream", required=True, help="OpenAI base URL ending in /v1")
+    p.add_argument("--mysql-database", help="store each send first (the durable floor)")
     a = p.parse_args(argv)
     if not a.host.startswith("127."):
         p.error("loopback only")
@@ -131,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.accesslog = None
     cfg.graceful_timeout = 1.0
     cfg.websocket_ping_interval = 25.0
-    app = create_app(a.upstream)
+    app = create_app(a.upstream, a.mysql_database)
 
     async def run() -> None:
         stop = trio.Event()

@@ -11,10 +11,11 @@ the exact command that reproduces it) and plots to ``benchmarks/results/*.png``.
 
 Scenarios: ``smoke``, ``relay`` (1/100/500[/1000] streams at 20 tokens/s, Parley and
 floor, plus the direct-to-upstream measuring floor), ``comparison`` (200 streams x 200
-tokens at 50 tokens/s, fresh server), ``dispatch`` (embedded, MariaDB + Redis and the floor),
-``idle`` (1k/5k/10k authenticated idle WebSockets), ``workers`` (``parley serve --workers``
-1 and 2 on MariaDB + Redis: the comparison's load and 1,000 streams at 20 tokens/s; not in
-the default set). A server's CPU and RSS include its worker processes.
+tokens at 50 tokens/s, fresh server), ``dispatch`` (embedded, MariaDB + Redis, the floor,
+and the floor storing each send in MariaDB), ``idle`` (1k/5k/10k authenticated idle
+WebSockets), ``workers`` (``parley serve --workers`` 1 and 2 on MariaDB + Redis: the
+comparison's load and 1,000 streams at 20 tokens/s; not in the default set). A server's
+CPU and RSS include its worker processes.
 """
 
 from __future__ import annotations
@@ -249,10 +250,17 @@ def parley_server(
 
 
 @contextlib.contextmanager
-def floor_server(fake_base: str, workdir: Path) -> Iterator[Server]:
+def floor_server(fake_base: str, workdir: Path, *, durable: bool = False) -> Iterator[Server]:
+    """The floor (``benchmarks/floor.py``); ``durable``: it stores each send in MariaDB
+    before its ack, in a database of its own."""
     port = free_port()
     log = open(workdir / f"floor-{port}.log", "wb")  # noqa: SIM115
     cmd = [sys.executable, str(HERE / "floor.py"), "--port", str(port), "--upstream", fake_base]
+    dbname = None
+    if durable:
+        dbname = f"parley_bench_{uuid.uuid4().hex[:10]}"
+        _mysql(f"CREATE DATABASE {dbname} CHARACTER SET utf8mb4")
+        cmd += ["--mysql-database", dbname]
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=str(ROOT))
     try:
         wait_http(f"http://127.0.0.1:{port}/nothing", proc)
@@ -260,6 +268,9 @@ def floor_server(fake_base: str, workdir: Path) -> Iterator[Server]:
     finally:
         stop_process(proc)
         log.close()
+        if dbname:
+            with contextlib.suppress(Exception):
+                _mysql(f"DROP DATABASE IF EXISTS {dbname}")
 
 
 # -- one load run ---------------------------------------------------------------------
@@ -550,15 +561,16 @@ def scenario_comparison(args: argparse.Namespace, workdir: Path) -> dict[str, An
 def scenario_dispatch(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     clients = 30 if args.quick else 200
     out: dict[str, Any] = {"clients": clients, "stagger_ms": 20.0, "tokens": 5}
-    backends = ["sqlite", "mysql", "floor"]
+    backends = ["sqlite", "mysql", "floor", "floor_durable"]
     with running_fake_upstream() as (_p, fake_base):
         fake_root = fake_base[: -len("/v1")]
         for backend in backends:
             # the floor (benchmarks/floor.py: the same web stack, no auth, no store, no
-            # cache) in the same minutes says what the box and the harness alone cost
+            # cache) in the same minutes says what the box and the harness alone cost;
+            # floor_durable adds one bare pymysql transaction before each ack
             cm = (
-                floor_server(fake_base, workdir)
-                if backend == "floor"
+                floor_server(fake_base, workdir, durable=backend == "floor_durable")
+                if backend.startswith("floor")
                 else parley_server(fake_base, backend, workdir)
             )
             with cm as srv:
