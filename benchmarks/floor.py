@@ -54,7 +54,8 @@ class _Durable:
         self.local = threading.local()
         self.limiter = trio.CapacityLimiter(2)
         conn = self._connect()
-        conn.cursor().execute(_TABLE)
+        with conn.cursor() as cur:
+            cur.execute(_TABLE)
         conn.commit()
         conn.close()
 

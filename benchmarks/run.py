@@ -197,6 +197,18 @@ def _mysql(sql: str) -> None:
 
 
 @contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """A new, empty database on the local MariaDB for one server's run; dropped after."""
+    dbname = f"parley_bench_{uuid.uuid4().hex[:10]}"
+    _mysql(f"CREATE DATABASE {dbname} CHARACTER SET utf8mb4")
+    try:
+        yield dbname
+    finally:
+        with contextlib.suppress(Exception):
+            _mysql(f"DROP DATABASE IF EXISTS {dbname}")
+
+
+@contextlib.contextmanager
 def parley_server(
     fake_base: str,
     backend: str,
@@ -221,32 +233,28 @@ def parley_server(
             "PARLEY_TRUST_PROXY_HEADERS": "true",
         }
     )
-    dbname = None
-    if backend == "mysql":
-        dbname = f"parley_bench_{uuid.uuid4().hex[:10]}"
-        _mysql(f"CREATE DATABASE {dbname} CHARACTER SET utf8mb4")
-        env["PARLEY_DATABASE_URL"] = f"mysql+pymysql://root@127.0.0.1:3306/{dbname}"
-        env["PARLEY_REDIS_URL"] = "redis://127.0.0.1:6379/0"
-        subprocess.run([str(PARLEY_BIN), "migrate"], env=env, check=True, capture_output=True)
-    else:
-        env["PARLEY_DATABASE_URL"] = f"sqlite:///{data}/db.sqlite"
-    env.update(extra_env or {})
-    log = open(data / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(PARLEY_BIN), "serve", "--port", str(port), "--workers", str(workers)],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        yield Server(proc, f"http://127.0.0.1:{port}", port, f"parley-{backend}")
-    finally:
-        stop_process(proc)
-        log.close()
-        if dbname:
-            with contextlib.suppress(Exception):
-                _mysql(f"DROP DATABASE IF EXISTS {dbname}")
+    with contextlib.ExitStack() as stack:
+        if backend == "mysql":
+            dbname = stack.enter_context(scratch_database())
+            env["PARLEY_DATABASE_URL"] = f"mysql+pymysql://root@127.0.0.1:3306/{dbname}"
+            env["PARLEY_REDIS_URL"] = "redis://127.0.0.1:6379/0"
+            subprocess.run([str(PARLEY_BIN), "migrate"], env=env, check=True, capture_output=True)
+        else:
+            env["PARLEY_DATABASE_URL"] = f"sqlite:///{data}/db.sqlite"
+        env.update(extra_env or {})
+        log = open(data / "server.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [str(PARLEY_BIN), "serve", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+            yield Server(proc, f"http://127.0.0.1:{port}", port, f"parley-{backend}")
+        finally:
+            stop_process(proc)
+            log.close()
 
 
 @contextlib.contextmanager
@@ -256,21 +264,16 @@ def floor_server(fake_base: str, workdir: Path, *, durable: bool = False) -> Ite
     port = free_port()
     log = open(workdir / f"floor-{port}.log", "wb")  # noqa: SIM115
     cmd = [sys.executable, str(HERE / "floor.py"), "--port", str(port), "--upstream", fake_base]
-    dbname = None
-    if durable:
-        dbname = f"parley_bench_{uuid.uuid4().hex[:10]}"
-        _mysql(f"CREATE DATABASE {dbname} CHARACTER SET utf8mb4")
-        cmd += ["--mysql-database", dbname]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=str(ROOT))
-    try:
-        wait_http(f"http://127.0.0.1:{port}/nothing", proc)
-        yield Server(proc, f"http://127.0.0.1:{port}", port, "floor")
-    finally:
-        stop_process(proc)
-        log.close()
-        if dbname:
-            with contextlib.suppress(Exception):
-                _mysql(f"DROP DATABASE IF EXISTS {dbname}")
+    with contextlib.ExitStack() as stack:
+        if durable:
+            cmd += ["--mysql-database", stack.enter_context(scratch_database())]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=str(ROOT))
+        try:
+            wait_http(f"http://127.0.0.1:{port}/nothing", proc)
+            yield Server(proc, f"http://127.0.0.1:{port}", port, "floor")
+        finally:
+            stop_process(proc)
+            log.close()
 
 
 # -- one load run ---------------------------------------------------------------------
