@@ -67,7 +67,9 @@ class GroupCommit(Generic[R, T]):
 
     def _run(self, requests: list[R], conn: Connection) -> list[T]:
         results = self.run(conn, requests)
-        if len(results) != len(requests):  # checked before the commit: nothing is stored
+        # checked before the commit (nothing is stored), except where ``run`` commits in
+        # band (the turn starts' writes on MySQL: one result per request by construction)
+        if len(results) != len(requests):
             raise ValueError(f"{len(results)} results for a batch of {len(requests)} requests")
         return results
 

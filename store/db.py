@@ -100,12 +100,73 @@ def create_db_engine(url: str, *, pool_size: int = 10, multi_statements: bool = 
         pool_reset_on_return=None,
         connect_args=connect_args,
     )
+    if engine.dialect.driver == "pymysql":
+        plain, lane = _pymysql_classes()
+        cls = lane if multi_statements else plain
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+            return cls(*cargs, **cparams)
+
     sa.event.listen(engine, "checkout", _mysql_checkout)
     sa.event.listen(engine, "reset", _mysql_reset)
     return engine
 
 
 COMMITTED = "parley_committed"  # Connection.info: committed, nothing run since
+
+
+@functools.cache
+def _pymysql_classes() -> tuple[type[Any], type[Any]]:
+    """pymysql's connection class as the engines use it: ordinary, and the lane's."""
+    import ssl
+    import threading
+
+    import pymysql
+    from pymysql.constants import SERVER_STATUS
+
+    shared: list[ssl.SSLContext] = []
+    lock = threading.Lock()
+
+    class Connection(pymysql.connections.Connection):
+        """pymysql's, but the TLS context it prepares when the URL asks for none (TLS if
+        the server offers it, unverified) is built once per process, not per connection:
+        building one loads the system's CA bundle, ~20 ms of CPU on this box, and a fresh
+        server opens its pool's connections in its first burst of work."""
+
+        def _create_ssl_ctx(self, sslp: Any) -> ssl.SSLContext:
+            build: Callable[[Any], ssl.SSLContext] = super()._create_ssl_ctx  # type: ignore[misc]
+            if sslp:  # the URL's own TLS settings: pymysql's context, as they say
+                return build(sslp)
+            with lock:
+                if not shared:
+                    shared.append(build(sslp))
+            return shared[0]
+
+    class LaneConnection(Connection):
+        """A connection of the turn-start lane. Its statements may end with their own
+        COMMIT, in the same round trip as the writes (:meth:`mark_committed`); the
+        transaction's commit then sends nothing, provided nothing ran since: a COMMIT of
+        its own is one round trip more in every turn start."""
+
+        server_status: int  # pymysql's, from the last OK packet
+        _result: object | None  # pymysql's: the last statement's result
+        _in_band: object | None = None
+
+        def mark_committed(self) -> None:
+            """The statements just read ended with COMMIT (the server says no transaction
+            is open): the coming :meth:`commit` has nothing left to do."""
+            if self.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+                raise RuntimeError("the statements left their transaction open")
+            self._in_band = self._result
+
+        def commit(self) -> None:
+            # pymysql keeps the last statement's result: the same object, nothing ran since
+            done, self._in_band = self._in_band, None
+            if done is None or done is not self._result:
+                super().commit()
+
+    return Connection, LaneConnection
 
 
 def _mysql_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
@@ -134,14 +195,16 @@ def _mysql_reset(dbapi_conn: Any, record: Any, state: Any) -> None:
 
 def multi_statement_connection(conn: Connection) -> Any | None:
     """The DBAPI connection under ``conn`` when it may send several statements in one
-    round trip (pymysql opened with multi-statements: :meth:`Database.tx`'s lane); else None."""
+    round trip and commit in band (a connection of :meth:`Database.tx`'s lane, pymysql
+    opened with multi-statements); else None."""
     if conn.dialect.name not in ("mysql", "mariadb"):
         return None
     dbapi = conn.connection.dbapi_connection
     flag = getattr(dbapi, "client_flag", 0)
     from pymysql.constants import CLIENT
 
-    return dbapi if isinstance(flag, int) and flag & CLIENT.MULTI_STATEMENTS else None
+    multi = isinstance(flag, int) and flag & CLIENT.MULTI_STATEMENTS
+    return dbapi if multi and isinstance(dbapi, _pymysql_classes()[1]) else None
 
 
 class Database:

@@ -9,9 +9,9 @@ The same decision (:func:`_decide`) runs over what two readers find:
 
 - the portable one (SQLAlchemy Core, SQLite and MySQL): one statement per read, and on
   MySQL one round trip each (8 for a start);
-- on a MySQL connection opened with multi-statements (``Database.tx(...,
-  multi_statements=True)``, the turn-start lane): every read in one round trip and every
-  write in a second, then the commit. A round trip from a worker thread costs the
+- on a connection of the turn-start lane (MySQL opened with multi-statements,
+  ``Database.tx(..., multi_statements=True)``): every read in one round trip, and every
+  write with the COMMIT in a second. A round trip from a worker thread costs the
   network, the driver and a wait for the event loop to hand back the GIL: fewer of them
   is most of what a start's latency can lose (``benchmarks/turn_start.py``).
 
@@ -203,6 +203,10 @@ def begin_turns(
     user keeps is measured (one grouped query for the batch) and a new turn is refused at
     the cap (``OVER_QUOTA``; a duplicate still replays). ``check_session``: a session not
     live refuses the request (``SESSION_REVOKED``) before anything else.
+
+    On the turn-start lane the writes' round trip ends with the COMMIT: a start that
+    stores anything is committed when this returns, so it must be its transaction's last
+    work (the transaction's own commit then sends nothing).
     """
     if not requests:
         return []
@@ -505,7 +509,7 @@ def _write_multi(
     steps: list[tuple[int, list[str]]],
     now: Any,
 ) -> None:
-    """The inserts and the sequence moves in one round trip (the commit follows)."""
+    """The inserts, the sequence moves and the COMMIT in one round trip."""
     row_marks = f"({_marks(len(_MESSAGE_COLUMNS))})"
     statements = [
         f"INSERT INTO messages ({_MSG_COLS}) VALUES " + ", ".join([row_marks] * len(rows))
@@ -517,4 +521,6 @@ def _write_multi(
             f" WHERE id IN ({_marks(len(cids))})"
         )
         params += [step, now, *cids]
+    statements.append("COMMIT")
     _run_sets(conn, dbapi, ";\n".join(statements), params)
+    dbapi.mark_committed()

@@ -259,7 +259,7 @@ def test_the_context_is_the_newest_messages_oldest_first(engine: sa.Engine) -> N
 
 
 @pytest.mark.mysql
-def test_the_lane_starts_a_turn_in_three_round_trips(mysql_url: str) -> None:
+def test_the_lane_starts_a_turn_in_two_round_trips(mysql_url: str) -> None:
     counted: list[Any] = []
     original = pymysql.connections.Connection._execute_command
 
@@ -267,10 +267,11 @@ def test_the_lane_starts_a_turn_in_three_round_trips(mysql_url: str) -> None:
         counted.append(command)
         return original(self, command, sql)
 
-    # reads, writes, COMMIT; or 7 statements (a first turn reads no history) and COMMIT
+    # the reads, then the writes with the COMMIT; or 7 statements (a first turn reads no
+    # history) and COMMIT
     db = Database(mysql_url, pool_size=1)
     user, (c1, c2) = setup_user(db.engine, 2)
-    for lane, conv, expected in ((True, c1, 3), (False, c2, 8)):
+    for lane, conv, expected in ((True, c1, 2), (False, c2, 8)):
         db.run_tx(lambda c: c.exec_driver_sql("SELECT 1"), multi_statements=lane)  # connected
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(pymysql.connections.Connection, "_execute_command", counting)
@@ -282,6 +283,70 @@ def test_the_lane_starts_a_turn_in_three_round_trips(mysql_url: str) -> None:
         # no ping before, no rollback after: only the statements and the commit
         assert len(counted) == expected, (lane, counted)
     db.dispose()
+
+
+def _other_connection_locks(mysql_url: str, user: str) -> bool:
+    """Whether another connection can lock the user's row at once (no open transaction
+    holds it)."""
+    eng = create_db_engine(mysql_url, pool_size=1)
+    try:
+        with eng.begin() as c:
+            c.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
+            try:
+                c.exec_driver_sql("SELECT id FROM users WHERE id = %s FOR UPDATE", (user,))
+            except sa.exc.OperationalError:
+                return False
+            return True
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.mysql
+def test_the_lanes_in_band_commit_stores_and_releases_and_is_not_reused(mysql_url: str) -> None:
+    eng = create_db_engine(mysql_url, pool_size=1, multi_statements=True)  # one connection
+    user, (c1, c2, c3) = setup_user(eng, 3)
+
+    def stored(conv: str) -> int:
+        with eng.connect() as c:
+            query = sa.select(sa.func.count()).where(messages.c.conversation_id == conv)
+            return int(c.execute(query).scalar_one())
+
+    try:
+        # a start commits in band: stored, its locks released
+        (started,) = run(eng, [req(user, c1)])
+        assert started.outcome is BeginOutcome.STARTED
+        assert stored(c1) == 2 and _other_connection_locks(mysql_url, user)
+        # a batch refused whole writes nothing: its transaction (the locks) is committed the
+        # ordinary way
+        (busy,) = run(eng, [req(user, c1)])
+        assert busy.outcome is BeginOutcome.BUSY
+        assert _other_connection_locks(mysql_url, user)
+        # work after the writes is out of the transaction: what failed after them is stored
+        with pytest.raises(LookupError), eng.begin() as c:
+            begin_turns(c, [req(user, c2)])
+            raise LookupError("after the writes")
+        assert stored(c2) == 2
+
+        # the next transaction on the same connection commits its writes with a COMMIT of
+        # its own: the mark was for the statements before
+        with eng.begin() as c:
+            c.exec_driver_sql("UPDATE conversations SET title = 'renamed' WHERE id = %s", (c3,))
+        assert _other_connection_locks(mysql_url, user)
+        with eng.connect() as c:
+            title = c.execute(
+                sa.select(conversations.c.title).where(conversations.c.id == c3)
+            ).scalar_one()
+        assert title == "renamed"
+
+        # a mark is refused while a transaction is open
+        with pytest.raises(RuntimeError, match="open"), eng.begin() as c:
+            c.exec_driver_sql("UPDATE users SET kind = kind WHERE id = %s", (user,))
+            lane = multi_statement_connection(c)
+            assert lane is not None
+            lane.mark_committed()
+        assert _other_connection_locks(mysql_url, user)
+    finally:
+        eng.dispose()
 
 
 @pytest.mark.mysql

@@ -111,3 +111,30 @@ def test_reads_see_what_was_committed_since_the_last_call(db: Database) -> None:
     other.dispose()
     assert trio.run(db.read, name_of) == "new"
     assert trio.run(db.tx, name_of) == "new"
+
+
+def test_connections_share_one_default_tls_context_and_the_urls_own_get_theirs(
+    mysql_url: str,
+) -> None:
+    """Without TLS settings in the URL pymysql prepares a context per connection (the
+    system's CA bundle loaded each time, ~20 ms of CPU); the engines build it once. TLS
+    settings in the URL still get a context of their own, made from them."""
+    from store.db import _pymysql_classes, create_db_engine
+
+    engines = [
+        create_db_engine(mysql_url, pool_size=2),
+        create_db_engine(mysql_url, pool_size=2, multi_statements=True),
+    ]
+    try:
+        raws = [e.raw_connection() for e in engines for _ in range(2)]
+        contexts = {id(r.dbapi_connection.ctx) for r in raws}  # type: ignore[union-attr]
+        assert len(contexts) == 1
+        for r in raws:
+            r.close()
+    finally:
+        for e in engines:
+            e.dispose()
+    # TLS asked for (here: required, unverified; nothing is connected)
+    plain, _lane = _pymysql_classes()
+    own = plain(host="127.0.0.1", ssl={"verify_mode": False}, defer_connect=True)
+    assert own.ctx is not None and id(own.ctx) not in contexts
