@@ -13,9 +13,11 @@ no metrics. It speaks just enough of Parley's wire format for
   no queue, no coalescing), then ``chat.done``.
 
 With ``--mysql-database NAME`` (the durable floor): before the ``chat.ack`` each
-``chat.send`` stores two rows (the message and its reply's placeholder) in one
-transaction with bare pymysql, in a worker thread (at most two at once, as Parley's
-turn-start lane), and commits; so ack, then upstream call, in Parley's order.
+``chat.send`` stores two rows (the message and its reply's placeholder) with bare
+pymysql, in a worker thread, and commits; so ack, then upstream call, in Parley's order.
+Sends that arrive while a transaction runs share the next one (group commit, up to 64,
+one transaction at a time: as Parley's turn starts), so a burst of sends costs a few
+transactions, not one each.
 
 Run::
 
@@ -28,8 +30,10 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import orjson
@@ -46,44 +50,80 @@ _TABLE = (
 )
 
 
+@dataclass(eq=False)
+class _Send:
+    conv: str
+    content: str
+    reply_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    done: trio.Event = field(default_factory=trio.Event)
+    error: Exception | None = None
+
+
 class _Durable:
-    """One short transaction a send on bare pymysql: a connection per worker thread."""
+    """Sends stored in group-committed transactions on bare pymysql, one at a time, in a
+    worker thread, on one connection opened at start (as a warm pool would hand it over).
+    ``spawn`` starts a task beside the requests (a flush must not belong to the send
+    that started it)."""
 
-    def __init__(self, database: str) -> None:
+    BATCH_MAX = 64  # Parley's turn starts' batch
+
+    def __init__(self, database: str, spawn: Callable[[Callable[[], Any]], None]) -> None:
         self.database = database
-        self.local = threading.local()
-        self.limiter = trio.CapacityLimiter(2)
-        conn = self._connect()
-        with conn.cursor() as cur:
-            cur.execute(_TABLE)
-        conn.commit()
-        conn.close()
-
-    def _connect(self) -> pymysql.connections.Connection:
-        return pymysql.connect(
+        self.spawn = spawn
+        self.limiter = trio.CapacityLimiter(1)  # the one connection, one thread at a time
+        self.pending: list[_Send] = []
+        self.flushing = False
+        self.conn = pymysql.connect(
             host="127.0.0.1", user="root", database=self.database, autocommit=False
         )
+        with self.conn.cursor() as cur:
+            cur.execute(_TABLE)
+        self.conn.commit()
 
-    def _store(self, conv: str, content: str) -> str:
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = self._connect()
-        user_id, reply_id = str(uuid.uuid4()), str(uuid.uuid4())
-        with conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO floor_messages VALUES (%s, %s, 'user', %s), (%s, %s, 'assistant', '')",
-                (user_id, conv, content, reply_id, conv),
-            )
-        conn.commit()
-        return reply_id
+    def _store(self, batch: list[_Send]) -> None:
+        conn = self.conn
+        values: list[str] = []
+        for s in batch:
+            values += [str(uuid.uuid4()), s.conv, s.content, s.reply_id, s.conv]
+        rows = ", ".join(["(%s, %s, 'user', %s), (%s, %s, 'assistant', '')"] * len(batch))
+        try:
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO floor_messages VALUES " + rows, values)
+            conn.commit()
+        except Exception:
+            conn.rollback()
+            raise
 
     async def store(self, conv: str, content: str) -> str:
-        return await trio.to_thread.run_sync(self._store, conv, content, limiter=self.limiter)
+        send = _Send(conv, content)
+        self.pending.append(send)
+        if not self.flushing:
+            self.flushing = True
+            self.spawn(self._flush)
+        await send.done.wait()
+        if send.error is not None:
+            raise send.error
+        return send.reply_id
+
+    async def _flush(self) -> None:
+        try:
+            while self.pending:
+                batch = self.pending[: self.BATCH_MAX]
+                del self.pending[: self.BATCH_MAX]
+                try:
+                    await trio.to_thread.run_sync(self._store, batch, limiter=self.limiter)
+                except Exception as exc:
+                    for s in batch:
+                        s.error = exc
+                for s in batch:
+                    s.done.set()
+        finally:
+            self.flushing = False
 
 
 def create_app(upstream: str, database: str | None = None) -> QuartTrio:
     app = QuartTrio("floor")
-    durable = _Durable(database) if database else None
+    durable = _Durable(database, app.add_background_task) if database else None
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0),
         limits=httpx.Limits(max_connections=2000, max_keepalive_connections=2000),

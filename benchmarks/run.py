@@ -547,17 +547,20 @@ def scenario_comparison(args: argparse.Namespace, workdir: Path) -> dict[str, An
                 )
                 out[key] = r
                 _say(f"comparison {key}: " + _brief(r))
-        with floor_server(fake_base, workdir) as srv:
-            f0 = cpu_seconds(fake_proc.pid)
-            r = stream_run(srv, fake_root, workdir, clients=streams, tokens=tokens, tps=tps)
-            r["fake_upstream_cpu_s"] = round(cpu_seconds(fake_proc.pid) - f0, 3)
-            total_cpu = cpu_seconds(srv.pid)
-            r["server"]["cpu_s_whole_run"] = round(total_cpu, 3)
-            r["server"]["cpu_us_per_token_whole_run"] = (
-                round(total_cpu / r["tokens_relayed"] * 1e6, 1) if r["tokens_relayed"] else None
-            )
-            out["floor"] = r
-            _say("comparison floor: " + _brief(r))
+        # the floor, and the durable floor: the floor storing each send in MariaDB (group
+        # committed) before its ack and its upstream request, as Parley does
+        for key in ("floor", "floor_durable"):
+            with floor_server(fake_base, workdir, durable=key == "floor_durable") as srv:
+                f0 = cpu_seconds(fake_proc.pid)
+                r = stream_run(srv, fake_root, workdir, clients=streams, tokens=tokens, tps=tps)
+                r["fake_upstream_cpu_s"] = round(cpu_seconds(fake_proc.pid) - f0, 3)
+                total_cpu = cpu_seconds(srv.pid)
+                r["server"]["cpu_s_whole_run"] = round(total_cpu, 3)
+                r["server"]["cpu_us_per_token_whole_run"] = (
+                    round(total_cpu / r["tokens_relayed"] * 1e6, 1) if r["tokens_relayed"] else None
+                )
+                out[key] = r
+                _say(f"comparison {key}: " + _brief(r))
     return out
 
 
