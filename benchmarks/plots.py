@@ -77,15 +77,21 @@ def _idle(d: Path, doc: dict[str, Any]) -> None:
 
 
 def _comparison(d: Path, doc: dict[str, Any]) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     labels, data = [], []
-    for kind in ("parley", "floor"):
+    names = {
+        "parley": "parley\nSQLite",
+        "parley_mysql": "parley\nMariaDB+Redis",
+        "floor": "floor",
+        "floor_durable": "durable\nfloor",
+    }
+    for kind, name in names.items():
         r = doc.get(kind)
         if not r:
             continue
         for metric in ("first_token_ms", "relay_ms"):
             m = r[metric]
-            labels.append(f"{kind}\n{metric.removesuffix('_ms')}")
+            labels.append(f"{name}\n{metric.removesuffix('_ms').replace('_', ' ')}")
             data.append([m.get("p50", 0), m.get("p99", 0), m.get("max", 0)])
     x = range(len(labels))
     for k, q in enumerate(("p50", "p99", "max")):
