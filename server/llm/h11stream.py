@@ -19,6 +19,7 @@ the caller's (`ResilientUpstream`).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import re
 import socket
 import ssl
@@ -250,6 +251,25 @@ class _StaleConnection(Exception):
     """A reused connection failed before any byte of the response arrived."""
 
 
+async def _open_tcp(host: str, port: int) -> trio.SocketStream:
+    """A TCP stream to ``host``. An IP address is connected to straight away: a
+    self-hosted model is often at one, and ``trio.open_tcp_stream`` (name resolution in a
+    thread, a task per attempt for happy eyeballs) costs ~2.8 times the CPU of a plain
+    connect here, on the event loop, when a burst of turns opens its connections."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return await trio.open_tcp_stream(host, port)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
 def _origin(url: str) -> tuple[Origin, str, str]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -380,7 +400,7 @@ class H11Pool:
         scheme, host, port = origin
         try:
             with trio.fail_after(self.connect_timeout):
-                tcp = await trio.open_tcp_stream(host, port)
+                tcp = await _open_tcp(host, port)
                 try:
                     tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
                     if scheme == "http":

@@ -320,6 +320,26 @@ async def test_sequential_streams_share_one_connection() -> None:
     assert server.accepts == 1 and len(server.requests) == 3
 
 
+async def test_an_address_is_connected_straight_and_a_name_resolved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    resolved: list[str] = []
+    real = trio.open_tcp_stream
+
+    async def resolving(host: str, port: int, **kw: Any) -> trio.SocketStream:
+        resolved.append(host)
+        return await real(host, port, **kw)
+
+    monkeypatch.setattr(trio, "open_tcp_stream", resolving)
+    async with serving(keep_alive(OK_BODY)) as (server, url):
+        for each in (url, url.replace("127.0.0.1", "localhost")):
+            p = OpenAIProvider(each, None, "m", transport="h11")
+            assert await collect(p) == OK_EVENTS
+            await p.aclose()
+    assert resolved == ["localhost"]  # the address needed no resolver
+    assert server.accepts == 2 and len(server.requests) == 2
+
+
 async def test_abandoned_stream_connection_is_closed_not_reused() -> None:
     first = SSE_HEAD + chunked(b"data: " + chunk("a") + b"\n\n", end=False)
 
@@ -486,14 +506,22 @@ async def test_connection_refused_is_retryable() -> None:
     assert info.value.message.startswith("upstream request failed:")
 
 
-async def test_connect_timeout_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_connect_timeout_is_retryable(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
     async def never(*_args: Any, **_kw: Any) -> None:
         await trio.sleep_forever()
 
-    monkeypatch.setattr(trio, "open_tcp_stream", never)
+    class Stalled:  # a socket whose connect never completes
+        connect = staticmethod(never)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(trio, "open_tcp_stream", never)  # a host name
+    monkeypatch.setattr(trio.socket, "socket", lambda *_a, **_kw: Stalled())  # an address
     pool = H11Pool(connect_timeout=0.05)
     with pytest.raises(UpstreamError) as info:
-        async with pool.stream_post("http://127.0.0.1:9/x", {}):
+        async with pool.stream_post(f"http://{host}:9/x", {}):
             raise AssertionError("unreachable")
     assert info.value.retryable and info.value.status is None
     assert info.value.message == "upstream request failed: connect timeout after 0.05s"
