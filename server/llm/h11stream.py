@@ -14,6 +14,10 @@ closed after `idle_expiry` seconds, skipped if the server closed them; a reused
 one failing before any byte of the response (a stale keep-alive) is retried
 once, on a new one. Faults raise a retryable `UpstreamError`; read timeouts are
 the caller's (`ResilientUpstream`).
+
+Over 400 lines: one client, its parts used by nothing else (the line splitter and the
+chunked decoder feed the response, the response is the pool's, the pool opens the
+connections); split, each would be a module with one caller.
 """
 
 from __future__ import annotations
