@@ -167,9 +167,9 @@ def create_app(
         access.request_finished(rule, resp)
         return resp
 
-    hub = Hub()
-    load = LoadMonitor()
     ws_cfg = ws_config or WsConfig.from_settings(svc.settings)
+    hub = Hub(tick=ws_cfg.sweep_seconds)
+    load = LoadMonitor()
 
     async def _drain() -> None:
         await drain(

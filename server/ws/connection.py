@@ -1,8 +1,9 @@
 """The ``/ws`` endpoint: the handshake (:mod:`.admission`), then one nursery whose body
 reads and whose one child task writes (a decided close gives the nursery a deadline: the
-writer's grace to deliver it); one instance-wide sweeper checks every connection's
-deadlines. Each task an idle socket keeps costs memory for the socket's whole life
-(benchmarks/README.md, idle sockets), hence no more of them.
+writer's grace to deliver it); one instance-wide sweeper checks the connections'
+deadlines as they come (:class:`~server.ws.hub.Hub` keeps them in slots). Each task an
+idle socket keeps costs memory for the socket's whole life (benchmarks/README.md, idle
+sockets), hence no more of them.
 
 Only the writer writes to the socket. Everything else (replies, turn frames,
 the close) is pushed to the connection's :class:`~server.ws.outbox.Outbox` or set
@@ -37,11 +38,18 @@ from server.ws.admission import (
 )
 from server.ws.asgi import Disconnected, WebSocket
 from server.ws.dispatch import Dispatcher
-from server.ws.hub import Hub
+from server.ws.hub import MAX_AHEAD, Hub
 from server.ws.state import Connection, WsConfig
 from store.cache import CacheError
 
-__all__ = ["Connection", "WsConfig", "check_connection", "handle_websocket", "sweep_connections"]
+__all__ = [
+    "Connection",
+    "WsConfig",
+    "check_connection",
+    "handle_websocket",
+    "next_check",
+    "sweep_connections",
+]
 
 log = get_logger("parley.ws")
 
@@ -240,23 +248,43 @@ def check_connection(
         conn.outbox.wake()
 
 
+def next_check(conn: Connection, cfg: WsConfig, now: float, wall: float, mono: float) -> float:
+    """When (trio's clock, ``now`` being ``wall`` and ``mono`` on the others) the sweeper
+    is to look at ``conn`` again: its pong's deadline, its next ping, its token's expiry,
+    whichever comes first, and :data:`~server.ws.hub.MAX_AHEAD` at the latest. A slow
+    consumer is not in it: the outbox going over its bound has the hub watch it."""
+    at = min(MAX_AHEAD, conn.claims.exp - wall)
+    heartbeat = conn.heartbeat
+    if heartbeat is not None:
+        at = min(at, heartbeat.last_ping + cfg.ping_interval - mono)
+        if heartbeat.outstanding_since is not None:
+            at = min(at, heartbeat.outstanding_since + cfg.pong_timeout - mono)
+    return now + at
+
+
 async def sweep_connections(
     svc: Services, hub: Hub, cfg: WsConfig, every: float | None = None
 ) -> None:
-    """One task checks every connection of the instance every ``every`` seconds
+    """One task looks at the instance's connections every ``every`` seconds
     (``cfg.sweep_seconds`` by default) and marks the pings that are due: an idle socket
     never wakes up on a timer of its own (10,000 per-connection timers cost most of a
-    core; one sweep costs milliseconds), so its pings go out a sweep late at most. Every
-    ``PRESENCE_TTL / 3`` it also renews this instance's sockets in the cluster-wide
-    per-user count."""
+    core), so its pings go out a sweep late at most. A sweep looks only at the
+    connections whose next deadline has come, the new ones and those over their outbox
+    bound (:meth:`Hub.due`), each then scheduled for its next (:func:`next_check`).
+    Every ``PRESENCE_TTL / 3`` it also renews this instance's sockets in the
+    cluster-wide per-user count."""
     if every is None:
         every = cfg.sweep_seconds
     next_presence = trio.current_time() + PRESENCE_TTL / 3
     while True:
         await trio.sleep(every)
         now, wall, mono = trio.current_time(), time.time(), time.monotonic()
-        for conn in hub.all():
+        for conn in hub.due(now):
             check_connection(svc, conn, cfg, now, wall, mono)
+            if conn.closing or conn.outbox.over_since is None:
+                hub.unwatch(conn)
+            if not conn.closing:
+                hub.schedule(conn, next_check(conn, cfg, now, wall, mono))
         if now >= next_presence:
             next_presence = now + PRESENCE_TTL / 3
             await renew_presence(svc, hub)

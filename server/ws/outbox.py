@@ -3,12 +3,14 @@
 Pushing never blocks and never fails (a turn runner must not wait for a slow
 client); the queue merges consecutive deltas of one message while the writer
 is behind. The connection watches :attr:`Outbox.over_since`: past the byte
-bound for 10 s it closes 4008 and the client resumes.
+bound for 10 s it closes 4008 and the client resumes (going over calls
+:attr:`Outbox.on_over`, so the sweeper looks at it on every sweep from then on).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -19,7 +21,7 @@ __all__ = ["Outbox"]
 
 
 class Outbox:
-    __slots__ = ("_t0", "_waiter", "closed", "over_since", "queue")
+    __slots__ = ("_t0", "_waiter", "closed", "on_over", "over_since", "queue")
 
     def __init__(self, *, max_frames: int = 2048, max_bytes: int = 1024 * 1024) -> None:
         self.queue = OutboundQueue(max_frames=max_frames, max_bytes=max_bytes)
@@ -27,6 +29,8 @@ class Outbox:
         self._waiter: trio.lowlevel.Task | None = None
         self.closed = False
         self.over_since: float | None = None
+        # called when the queue goes over its bound (the hub then watches the connection)
+        self.on_over: Callable[[], None] | None = None
 
     def _t0_push(self, value: tuple[float, float] | None) -> None:
         if self._t0 is None:
@@ -36,6 +40,8 @@ class Outbox:
     def _pushed(self) -> None:
         if self.queue.over_limit and self.over_since is None:
             self.over_since = trio.current_time()
+            if self.on_over is not None:
+                self.on_over()
         self.wake()
 
     def push_frame(self, frame: OutboundFrame) -> None:
