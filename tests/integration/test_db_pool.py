@@ -3,6 +3,8 @@ without a redundant rollback, and never handed on with a transaction open."""
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -49,6 +51,28 @@ def test_a_connection_the_server_closed_is_replaced_at_checkout(db: Database) ->
     second = trio.run(db.tx, _thread_id)
     assert second != first
     assert trio.run(db.read, _thread_id) == second  # the new one is kept
+
+
+def test_a_connection_above_descriptor_1023_is_kept(db: Database) -> None:
+    """A server holding thousands of WebSockets opens its database connections there
+    (``select()`` cannot watch such a descriptor: every checkout failed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        db.dispose()  # the next connection is opened now, above the fillers
+        first = trio.run(db.read, _thread_id)
+        raw = db.engine.raw_connection()
+        try:
+            assert raw.driver_connection._sock.fileno() > 1023  # type: ignore[union-attr]
+        finally:
+            raw.close()
+        assert trio.run(db.tx, _thread_id) == first  # checked out again, kept
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_what_a_caller_left_open_is_rolled_back_on_return(db: Database, mysql_url: str) -> None:
