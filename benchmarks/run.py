@@ -13,8 +13,9 @@ Scenarios: ``smoke``, ``relay`` (1/100/500[/1000] streams at 20 tokens/s, Parley
 floor, plus the direct-to-upstream measuring floor), ``comparison`` (200 streams x 200
 tokens at 50 tokens/s, fresh server), ``dispatch`` (embedded, MariaDB + Redis, the floor,
 and the floor storing each send in MariaDB), ``idle`` (1k/5k/10k authenticated idle
-WebSockets), ``workers`` (``parley serve --workers`` 1 and 2 on MariaDB + Redis: the
-comparison's load and 1,000 streams at 20 tokens/s; not in the default set). A server's
+WebSockets on SQLite; 10k without pings, and 10k on MariaDB + Redis), ``workers``
+(``parley serve --workers`` 1 and 2 on MariaDB + Redis: the comparison's load and 1,000
+streams at 20 tokens/s; not in the default set). A server's
 CPU and RSS include its worker processes.
 """
 
@@ -635,6 +636,14 @@ def scenario_idle(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         out["without_pings"] = r
         _say(
             f"idle {n} without pings: idle cpu={r['idle_cpu_windows']} rss={r['rss_connected_mib']}"
+        )
+        # and with the contract's pings on MariaDB + Redis (the many-instance deployment)
+        with parley_server(fake_base, "mysql", workdir) as srv:
+            r = idle_run(srv, workdir, n, hold_s=hold, windows=3)
+        out["mysql"] = r
+        _say(
+            f"idle {n} on MariaDB + Redis: connected={r['connected']} "
+            f"idle cpu={r['idle_cpu_windows']} rss={r['rss_connected_mib']}"
         )
     return out
 

@@ -295,9 +295,10 @@ async def renew_presence(svc: Services, hub: Hub) -> None:
     for conn in hub.all():
         by_user.setdefault(conn.user_id, []).append(presence_member(svc, conn.id))
     try:
-        for user_id, members in by_user.items():
-            await svc.cache.presence_add(
-                presence_key(user_id), members, ttl=PRESENCE_TTL, alive_prefix=ALIVE_PREFIX
-            )
+        await svc.cache.presence_renew(
+            {presence_key(user_id): members for user_id, members in by_user.items()},
+            ttl=PRESENCE_TTL,
+            alive_prefix=ALIVE_PREFIX,
+        )
     except CacheError:
         log.warning("presence_renew_failed")

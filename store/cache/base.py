@@ -1,5 +1,9 @@
 """The cache/broker interface every engine implements.
 
+Over 400 lines: the whole interface in one place, each method with the contract both
+engines keep (TTLs, atomicity, what a failure raises), which the engines' docstrings
+do not repeat.
+
 One interface, two engines (the Centrifuge model): :class:`MemoryCacheEngine`
 for a single process and :class:`RedisCacheEngine` for many. Callers hold a
 :class:`CacheEngine` and cannot tell which one they have; one test module
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Literal, TypeAlias
 
@@ -26,6 +30,7 @@ import trio
 
 __all__ = [
     "DEFAULT_SUBSCRIPTION_BUFFER",
+    "PRESENCE_RENEW_BATCH",
     "CacheEngine",
     "CacheError",
     "CachePipeline",
@@ -39,6 +44,8 @@ Value: TypeAlias = bytes | str
 
 #: Messages buffered per subscription before the oldest is dropped.
 DEFAULT_SUBSCRIPTION_BUFFER = 1024
+#: Sets renewed per round trip by :meth:`CacheEngine.presence_renew` (on Redis).
+PRESENCE_RENEW_BATCH = 500
 
 
 class CacheError(Exception):
@@ -324,6 +331,15 @@ class CacheEngine(ABC):
     @abstractmethod
     async def presence_remove(self, key: str, *members: str) -> None:
         """Drop ``members`` from the set ``key`` now."""
+
+    async def presence_renew(
+        self, sets: Mapping[str, Sequence[str]], ttl: float, *, alive_prefix: str | None = None
+    ) -> None:
+        """:meth:`presence_add` for many sets (key → members) at once, the counts not
+        wanted (an instance renewing all its sockets: on Redis, one round trip per
+        :data:`PRESENCE_RENEW_BATCH` sets instead of one per set)."""
+        for key, members in sets.items():
+            await self.presence_add(key, members, ttl, alive_prefix=alive_prefix)
 
     # -- limiter -----------------------------------------------------------
 

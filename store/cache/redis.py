@@ -32,7 +32,7 @@ import hashlib
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, cast
 
@@ -45,6 +45,7 @@ from redis.retry import Retry
 
 from store.cache.base import (
     DEFAULT_SUBSCRIPTION_BUFFER,
+    PRESENCE_RENEW_BATCH,
     CacheEngine,
     CacheError,
     CachePipeline,
@@ -365,6 +366,16 @@ class RedisCacheEngine(CacheEngine):
     async def presence_remove(self, key: str, *members: str) -> None:
         if members:
             await self._run("ZREM", key, *members)
+
+    async def presence_renew(
+        self, sets: Mapping[str, Sequence[str]], ttl: float, *, alive_prefix: str | None = None
+    ) -> None:
+        commands = [
+            self._presence_add([key], _presence_args(ttl, members, alive_prefix))
+            for key, members in sets.items()
+        ]
+        for start in range(0, len(commands), PRESENCE_RENEW_BATCH):
+            await self._run_many(commands[start : start + PRESENCE_RENEW_BATCH])
 
     # -- limiter -----------------------------------------------------------
 

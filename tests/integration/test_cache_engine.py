@@ -34,6 +34,7 @@ from store.cache import (
     Subscription,
     create_cache_engine,
 )
+from store.cache.base import PRESENCE_RENEW_BATCH
 
 REDIS_URL = os.environ.get("PARLEY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SESSION_PREFIX = f"parley-test:cache:{uuid.uuid4().hex[:12]}:"
@@ -361,6 +362,27 @@ async def test_hit_rate_and_join_counts_reads_and_adds_in_one_call(
     assert await engine.presence_add(k, [], ttl=5, alive_prefix=alive) == 1
     # the same counter as hit_rate's
     assert (await engine.hit_rate(key("rl"), 1, 0.4))[0] is False
+
+
+async def test_presence_renew_refreshes_many_sets_at_once(
+    engine: CacheEngine, key: KeyFactory
+) -> None:
+    alive = key("alive:")
+    await engine.set(alive + "i1", b"1", ttl=5)
+    n = PRESENCE_RENEW_BATCH + 3  # more sets than one round trip carries
+    sets = {key(f"presence{i}"): [f"i1|{i}", f"i1|{i}b"] for i in range(n)}
+    first = next(iter(sets))
+    assert await engine.presence_add(first, ["i9|gone"], ttl=60) == 1  # an owner without
+    await engine.presence_renew(sets, ttl=0.4, alive_prefix=alive)  # a heartbeat
+    counts = [await engine.presence_add(k, [], ttl=60) for k in sets]
+    assert counts == [2] * n  # every set: its two members; "i9|gone" went with its owner
+    await engine.presence_renew({first: [f"i1|{0}"]}, ttl=60)  # one renewed for longer
+    await trio.sleep(0.5)
+    assert await engine.presence_add(first, [], ttl=60) == 1
+    assert await engine.presence_add(list(sets)[-1], [], ttl=60) == 0  # not renewed: gone
+    await engine.presence_renew({}, ttl=60)  # nothing to renew
+    with pytest.raises(ValueError):
+        await engine.presence_renew({first: ["x"]}, ttl=0)
 
 
 # ---------------------------------------------------------------------------
