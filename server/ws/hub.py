@@ -75,9 +75,9 @@ class Hub:
 
     def due(self, now: float) -> list[Connection]:
         """The connections to look at in a sweep at ``now``: those whose slot has come
-        (taken out of it: the sweeper schedules them again) and the watched ones: new
-        since the last sweep, or with an outbox over its bound (the sweeper
-        :meth:`unwatch` es them once it has looked and the outbox is under)."""
+        (taken out of it: the sweeper schedules them again) and the watched ones, new
+        since the last sweep or with an outbox over its bound (the sweeper stops watching
+        one, :meth:`unwatch`, once it has looked and the outbox is under)."""
         last = math.floor(now / self.tick)
         due: dict[Connection, None] = dict.fromkeys(self._watched)
         for slot in [s for s in self._slots if s <= last]:
