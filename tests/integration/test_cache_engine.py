@@ -368,18 +368,21 @@ async def test_presence_renew_refreshes_many_sets_at_once(
     engine: CacheEngine, key: KeyFactory
 ) -> None:
     alive = key("alive:")
-    await engine.set(alive + "i1", b"1", ttl=5)
+    await engine.set(alive + "i1", b"1", ttl=60)  # owner i1 has a heartbeat, i9 none
     n = PRESENCE_RENEW_BATCH + 3  # more sets than one round trip carries
     sets = {key(f"presence{i}"): [f"i1|{i}", f"i1|{i}b"] for i in range(n)}
     first = next(iter(sets))
-    assert await engine.presence_add(first, ["i9|gone"], ttl=60) == 1  # an owner without
-    await engine.presence_renew(sets, ttl=0.4, alive_prefix=alive)  # a heartbeat
+    assert await engine.presence_add(first, ["i9|gone"], ttl=60) == 1
+    await engine.presence_renew(sets, ttl=60, alive_prefix=alive)
     counts = [await engine.presence_add(k, [], ttl=60) for k in sets]
     assert counts == [2] * n  # every set: its two members; "i9|gone" went with its owner
-    await engine.presence_renew({first: [f"i1|{0}"]}, ttl=60)  # one renewed for longer
+    # members expire unless renewed in time
+    short, renewed = key("short"), key("renewed")
+    await engine.presence_renew({short: ["i1|s"], renewed: ["i1|r"]}, ttl=0.3)
+    await engine.presence_renew({renewed: ["i1|r"]}, ttl=60)
     await trio.sleep(0.5)
-    assert await engine.presence_add(first, [], ttl=60) == 1
-    assert await engine.presence_add(list(sets)[-1], [], ttl=60) == 0  # not renewed: gone
+    assert await engine.presence_add(short, [], ttl=60) == 0
+    assert await engine.presence_add(renewed, [], ttl=60) == 1
     await engine.presence_renew({}, ttl=60)  # nothing to renew
     with pytest.raises(ValueError):
         await engine.presence_renew({first: ["x"]}, ttl=0)
