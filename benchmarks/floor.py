@@ -15,9 +15,12 @@ no metrics. It speaks just enough of Parley's wire format for
 With ``--mysql-database NAME`` (the durable floor): before the ``chat.ack`` each
 ``chat.send`` stores two rows (the message and its reply's placeholder) with bare
 pymysql, in a worker thread, and commits; so ack, then upstream call, in Parley's order.
-Sends that arrive while a transaction runs share the next one (group commit, up to 64,
-one transaction at a time: as Parley's turn starts), so a burst of sends costs a few
-transactions, not one each.
+With ``--sqlite-path FILE`` instead, the same rows go to a SQLite file through the
+standard library's ``sqlite3``, with the pragmas Parley's embedded store sets (WAL,
+``synchronous=NORMAL``): the durable floor of the SQLite backend. Sends that arrive
+while a transaction runs share the next one (group commit, up to 64, one transaction at
+a time: as Parley's turn starts), so a burst of sends costs a few transactions, not one
+each.
 
 Run::
 
@@ -27,8 +30,10 @@ Run::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
+import sqlite3
 import sys
 import uuid
 from collections.abc import Callable
@@ -59,25 +64,39 @@ class _Send:
     error: Exception | None = None
 
 
+def _mysql(database: str) -> tuple[Any, str]:
+    conn = pymysql.connect(host="127.0.0.1", user="root", database=database, autocommit=False)
+    return conn, "%s"
+
+
+def _sqlite(path: str) -> tuple[Any, str]:
+    # Parley's pragmas (store/db.py); a transaction is begun by the first INSERT
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=10)
+    for pragma in ("journal_mode=WAL", "busy_timeout=10000", "synchronous=NORMAL"):
+        conn.execute("PRAGMA " + pragma)
+    return conn, "?"
+
+
 class _Durable:
-    """Sends stored in group-committed transactions on bare pymysql, one at a time, in a
-    worker thread, on one connection opened at start (as a warm pool would hand it over).
-    ``spawn`` starts a task beside the requests (a flush must not belong to the send
-    that started it)."""
+    """Sends stored in group-committed transactions on a bare driver (pymysql or sqlite3),
+    one at a time, in a worker thread, on one connection opened at start (as a warm pool
+    would hand it over). ``spawn`` starts a task beside the requests (a flush must not
+    belong to the send that started it)."""
 
     BATCH_MAX = 64  # Parley's turn starts' batch
 
-    def __init__(self, database: str, spawn: Callable[[Callable[[], Any]], None]) -> None:
-        self.database = database
+    def __init__(
+        self, connect: Callable[[], tuple[Any, str]], spawn: Callable[[Callable[[], Any]], None]
+    ) -> None:
         self.spawn = spawn
         self.limiter = trio.CapacityLimiter(1)  # the one connection, one thread at a time
         self.pending: list[_Send] = []
         self.flushing = False
-        self.conn = pymysql.connect(
-            host="127.0.0.1", user="root", database=self.database, autocommit=False
-        )
-        with self.conn.cursor() as cur:
-            cur.execute(_TABLE)
+        self.conn, mark = connect()
+        self.row = f"({mark}, {mark}, 'user', {mark}), ({mark}, {mark}, 'assistant', '')"
+        cur = self.conn.cursor()
+        cur.execute(_TABLE)
+        cur.close()
         self.conn.commit()
 
     def _store(self, batch: list[_Send]) -> None:
@@ -85,10 +104,11 @@ class _Durable:
         values: list[str] = []
         for s in batch:
             values += [str(uuid.uuid4()), s.conv, s.content, s.reply_id, s.conv]
-        rows = ", ".join(["(%s, %s, 'user', %s), (%s, %s, 'assistant', '')"] * len(batch))
+        rows = ", ".join([self.row] * len(batch))
         try:
-            with conn.cursor() as cur:
-                cur.execute("INSERT INTO floor_messages VALUES " + rows, values)
+            cur = conn.cursor()
+            cur.execute("INSERT INTO floor_messages VALUES " + rows, values)
+            cur.close()
             conn.commit()
         except Exception:
             conn.rollback()
@@ -121,9 +141,15 @@ class _Durable:
             self.flushing = False
 
 
-def create_app(upstream: str, database: str | None = None) -> QuartTrio:
+def create_app(
+    upstream: str, database: str | None = None, sqlite_path: str | None = None
+) -> QuartTrio:
     app = QuartTrio("floor")
-    durable = _Durable(database, app.add_background_task) if database else None
+    durable: _Durable | None = None
+    if database:
+        durable = _Durable(functools.partial(_mysql, database), app.add_background_task)
+    elif sqlite_path:
+        durable = _Durable(functools.partial(_sqlite, sqlite_path), app.add_background_task)
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0),
         limits=httpx.Limits(max_connections=2000, max_keepalive_connections=2000),
@@ -207,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--upstream", required=True, help="OpenAI base URL ending in /v1")
-    p.add_argument("--mysql-database", help="store each send first (the durable floor)")
+    durable = p.add_mutually_exclusive_group()
+    durable.add_argument("--mysql-database", help="store each send first (the durable floor)")
+    durable.add_argument("--sqlite-path", help="the same, in this SQLite file")
     a = p.parse_args(argv)
     if not a.host.startswith("127."):
         p.error("loopback only")
@@ -224,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.accesslog = None
     cfg.graceful_timeout = 1.0
     cfg.websocket_ping_interval = 25.0
-    app = create_app(a.upstream, a.mysql_database)
+    app = create_app(a.upstream, a.mysql_database, a.sqlite_path)
 
     async def run() -> None:
         stop = trio.Event()

@@ -77,13 +77,14 @@ def _idle(d: Path, doc: dict[str, Any]) -> None:
 
 
 def _comparison(d: Path, doc: dict[str, Any]) -> None:
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(12, 4))
     labels, data = [], []
     names = {
         "parley": "parley\nSQLite",
         "parley_mysql": "parley\nMariaDB+Redis",
         "floor": "floor",
         "floor_durable": "durable\nfloor",
+        "floor_durable_sqlite": "durable floor\nSQLite",
     }
     for kind, name in names.items():
         r = doc.get(kind)

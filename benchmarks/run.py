@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -260,15 +260,19 @@ def parley_server(
 
 
 @contextlib.contextmanager
-def floor_server(fake_base: str, workdir: Path, *, durable: bool = False) -> Iterator[Server]:
-    """The floor (``benchmarks/floor.py``); ``durable``: it stores each send in MariaDB
-    before its ack, in a database of its own."""
+def floor_server(
+    fake_base: str, workdir: Path, *, durable: Literal["mysql", "sqlite"] | None = None
+) -> Iterator[Server]:
+    """The floor (``benchmarks/floor.py``); ``durable``: it stores each send before its
+    ack, in a MariaDB database of its own or in a fresh SQLite file."""
     port = free_port()
     log = open(workdir / f"floor-{port}.log", "wb")  # noqa: SIM115
     cmd = [sys.executable, str(HERE / "floor.py"), "--port", str(port), "--upstream", fake_base]
     with contextlib.ExitStack() as stack:
-        if durable:
+        if durable == "mysql":
             cmd += ["--mysql-database", stack.enter_context(scratch_database())]
+        elif durable == "sqlite":
+            cmd += ["--sqlite-path", str(workdir / f"floor-{port}.db")]
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=str(ROOT))
         try:
             wait_http(f"http://127.0.0.1:{port}/nothing", proc)
@@ -565,10 +569,15 @@ def scenario_comparison(args: argparse.Namespace, workdir: Path) -> dict[str, An
                 )
                 out[key] = r
                 _say(f"comparison {key}: " + _brief(r))
-        # the floor, and the durable floor: the floor storing each send in MariaDB (group
-        # committed) before its ack and its upstream request, as Parley does
-        for key in ("floor", "floor_durable"):
-            with floor_server(fake_base, workdir, durable=key == "floor_durable") as srv:
+        # the floor, and the durable floors: the floor storing each send in MariaDB or in
+        # SQLite (group committed) before its ack and its upstream request, as Parley does
+        floors: dict[str, Literal["mysql", "sqlite"] | None] = {
+            "floor": None,
+            "floor_durable": "mysql",
+            "floor_durable_sqlite": "sqlite",
+        }
+        for key, durable in floors.items():
+            with floor_server(fake_base, workdir, durable=durable) as srv:
                 f0 = cpu_seconds(fake_proc.pid)
                 r = stream_run(srv, fake_root, workdir, clients=streams, tokens=tokens, tps=tps)
                 r["fake_upstream_cpu_s"] = round(cpu_seconds(fake_proc.pid) - f0, 3)
@@ -593,7 +602,9 @@ def scenario_dispatch(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             # cache) in the same minutes says what the box and the harness alone cost;
             # floor_durable adds one bare pymysql transaction before each ack
             cm = (
-                floor_server(fake_base, workdir, durable=backend == "floor_durable")
+                floor_server(
+                    fake_base, workdir, durable="mysql" if backend == "floor_durable" else None
+                )
                 if backend.startswith("floor")
                 else parley_server(fake_base, backend, workdir)
             )
