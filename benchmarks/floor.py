@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config()
     cfg.bind = [f"{a.host}:{a.port}"]
     cfg.worker_class = "trio"
+    cfg.backlog = 2048  # as Parley (server/ws/listener.py); Hypercorn's default is 100
     cfg.accesslog = None
     cfg.graceful_timeout = 1.0
     cfg.websocket_ping_interval = 25.0

@@ -262,6 +262,7 @@ def serve(a: argparse.Namespace) -> None:
     cfg = Config()
     cfg.bind = [f"127.0.0.1:{a.port}"]
     cfg.worker_class = "trio"
+    cfg.backlog = 2048  # as Parley (server/ws/listener.py); Hypercorn's default is 100
     cfg.accesslog = None
     cfg.websocket_ping_interval = a.ping_interval if a.case == "ping_hypercorn" else 25.0
     app: Any = _idle_asgi_app

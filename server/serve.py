@@ -15,7 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from server.logging import configure_logging, get_logger
 from server.settings import Settings
-from server.ws.listener import make_listen_socket
+from server.ws.listener import LISTEN_BACKLOG, make_listen_socket
 
 __all__ = ["serve"]
 
@@ -29,6 +29,9 @@ def hypercorn_config(settings: Settings, sock: socket.socket | None = None) -> C
         [f"fd://{sock.detach()}"] if sock is not None else [f"{settings.host}:{settings.port}"]
     )
     cfg.worker_class = "trio"
+    # Hypercorn listens again on the socket it is given, with this (its default is 100:
+    # 200 clients reconnecting at once had SYNs dropped and waited 1-3 s to retransmit)
+    cfg.backlog = LISTEN_BACKLOG
     cfg.accesslog = None
     # Hypercorn's own handler on "hypercorn.error" printed each line ("Running on ...") a
     # second time beside the root handler it propagates to; the root one redacts, keep it
